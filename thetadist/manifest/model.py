@@ -520,6 +520,8 @@ def _from_value(value: bencoding.Value, limits: ManifestLimits) -> Manifest:
     raw_sizes = _bytes(value[b"chunk sizes"], "chunk sizes")
     if len(raw_sizes) % 4:
         raise ManifestError("chunk size table length is not a multiple of 4")
+    if len(raw_sizes) // 4 > limits.max_chunks:
+        raise ManifestError(f"more than {limits.max_chunks} chunks")
     files_value = _want(value[b"files"], list, "files")
     assert isinstance(files_value, list)
     if len(files_value) > limits.max_files:

@@ -1,0 +1,58 @@
+"""thetadist: peer-to-peer content distribution with content-defined manifests.
+
+Scripts import from here; the modules behind these names may move.
+"""
+
+from thetadist.errors import (
+    EXIT_CODES,
+    IntegrityError,
+    ManifestError,
+    SignatureError,
+    StoreError,
+    ThetadistError,
+    UsageError,
+)
+from thetadist.events import Event, EventCallback
+from thetadist.manifest.create import create_manifest
+from thetadist.manifest.diff import ManifestDiff, diff
+from thetadist.manifest.model import ChunkerParams, FileEntry, Manifest, ManifestLimits, Piece
+from thetadist.manifest.signing import (
+    generate_key,
+    load_private_key,
+    parse_public_key,
+    public_key_bytes,
+    save_private_key,
+    sign_manifest,
+)
+from thetadist.manifest.verify import VerifyReport, verify_tree
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EXIT_CODES",
+    "ChunkerParams",
+    "Event",
+    "EventCallback",
+    "FileEntry",
+    "IntegrityError",
+    "Manifest",
+    "ManifestDiff",
+    "ManifestError",
+    "ManifestLimits",
+    "Piece",
+    "SignatureError",
+    "StoreError",
+    "ThetadistError",
+    "UsageError",
+    "VerifyReport",
+    "__version__",
+    "create_manifest",
+    "diff",
+    "generate_key",
+    "load_private_key",
+    "parse_public_key",
+    "public_key_bytes",
+    "save_private_key",
+    "sign_manifest",
+    "verify_tree",
+]
