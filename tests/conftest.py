@@ -5,8 +5,13 @@ from pathlib import Path
 import pytest
 
 
-def write_tree(root: Path, files: dict[str, bytes], *, executable: set[str] = frozenset(),
-               empty_dirs: tuple[str, ...] = ()) -> Path:
+def write_tree(
+    root: Path,
+    files: dict[str, bytes],
+    *,
+    executable: set[str] = frozenset(),
+    empty_dirs: tuple[str, ...] = (),
+) -> Path:
     for rel, data in files.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -7,8 +7,10 @@ from thetadist.manifest.bencoding import DecodeLimits, decode, encode
 
 values = st.recursive(
     st.integers(min_value=-(10**18), max_value=10**18) | st.binary(max_size=40),
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.binary(max_size=8), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5)
+        | st.dictionaries(st.binary(max_size=8), children, max_size=5)
+    ),
     max_leaves=30,
 )
 

@@ -62,7 +62,7 @@ def test_signature_round_trip_and_trust(manifest: td.Manifest, tmp_path: Path) -
 def test_bad_signature_rejected(manifest: td.Manifest) -> None:
     signed = td.sign_manifest(manifest, td.generate_key())
     value = bencoding.decode(signed.encode())
-    (key, sig), = value[b"signatures"].items()
+    ((key, sig),) = value[b"signatures"].items()
     value[b"signatures"][key] = bytes([sig[0] ^ 1]) + sig[1:]
     with pytest.raises(SignatureError, match="bad publisher signature"):
         td.Manifest.decode(bencoding.encode(value))
@@ -77,8 +77,20 @@ def _first_file(value: dict) -> dict:
 
 
 HOSTILE_PATHS = [
-    b"/etc/passwd", b"../escape", b"a/../../b", b"a//b", b"a/./b", b"a/", b"a\\b",
-    b"nul\x00byte", b"tab\tin", b"del\x7f", b"", b"\xff\xfe", b"cafe\xcc\x81", b"x" * 300,
+    b"/etc/passwd",
+    b"../escape",
+    b"a/../../b",
+    b"a//b",
+    b"a/./b",
+    b"a/",
+    b"a\\b",
+    b"nul\x00byte",
+    b"tab\tin",
+    b"del\x7f",
+    b"",
+    b"\xff\xfe",
+    b"cafe\xcc\x81",
+    b"x" * 300,
     b"/".join([b"d"] * 70),
 ]
 
@@ -116,11 +128,15 @@ def _prefix_clash(value):
 
 
 MUTATIONS = {
-    "size does not add up": lambda v: _first_file(v).__setitem__(b"size", _first_file(v)[b"size"] + 1),
+    "size does not add up": lambda v: _first_file(v).__setitem__(
+        b"size", _first_file(v)[b"size"] + 1
+    ),
     "total size wrong": lambda v: v.__setitem__(b"total size", v[b"total size"] + 1),
     "chunk count too big": lambda v: _first_file(v).__setitem__(b"chunks", 10**6),
-    "extra chunk": lambda v: (v.__setitem__(b"chunk sizes", v[b"chunk sizes"] + b"\0\0\0\1"),
-                              v.__setitem__(b"chunk hashes", v[b"chunk hashes"] + bytes(32))),
+    "extra chunk": lambda v: (
+        v.__setitem__(b"chunk sizes", v[b"chunk sizes"] + b"\0\0\0\1"),
+        v.__setitem__(b"chunk hashes", v[b"chunk hashes"] + bytes(32)),
+    ),
     "digest table short": lambda v: v.__setitem__(b"chunk hashes", v[b"chunk hashes"][:-1]),
     "size table ragged": lambda v: v.__setitem__(b"chunk sizes", v[b"chunk sizes"] + b"\0"),
     "zero chunk": lambda v: v.__setitem__(b"chunk sizes", b"\0\0\0\0" + v[b"chunk sizes"][4:]),

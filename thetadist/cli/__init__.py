@@ -47,8 +47,10 @@ def main(argv: list[str] | None = None) -> None:
         if os.environ.get("THETADIST_DEBUG"):
             raise
         Output(json_mode).error(
-            "InternalError", f"internal error ({type(problem).__name__}: {problem}); "
-            "set THETADIST_DEBUG=1 for a traceback and please report it", 1,
+            "InternalError",
+            f"internal error ({type(problem).__name__}: {problem}); "
+            "set THETADIST_DEBUG=1 for a traceback and please report it",
+            1,
         )
         sys.exit(1)
     sys.exit(result if isinstance(result, int) else 0)

@@ -15,8 +15,11 @@ JsonOption = Annotated[
 ]
 TrustOption = Annotated[
     list[str] | None,
-    typer.Option("--trust", metavar="PUBKEY",
-                 help="Require a valid signature by this Ed25519 key (hex or key file)."),
+    typer.Option(
+        "--trust",
+        metavar="PUBKEY",
+        help="Require a valid signature by this Ed25519 key (hex or key file).",
+    ),
 ]
 
 

@@ -27,9 +27,12 @@ from thetadist.store.plan import assemble_from_local
 
 
 def demo(
-    workdir: Annotated[Path | None, typer.Option(
-        help="Where to write the sample builds (default: a temporary directory, removed after).")]
-    = None,
+    workdir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where to write the sample builds (default: a temporary directory, removed after)."
+        ),
+    ] = None,
     scale: Annotated[int, typer.Option(min=1, max=64, help="Sample size, ×40 MiB.")] = 1,
     json_mode: JsonOption = False,
 ) -> None:

@@ -22,9 +22,12 @@ from thetadist.store.plan import assemble_from_local
 def fetch(
     manifest_file: Annotated[Path, typer.Argument(metavar="MANIFEST")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Directory to assemble into.")],
-    sources: Annotated[list[Path] | None, typer.Option(
-        "--from", metavar="DIR", help="Local directory to reuse pieces from (repeatable).")]
-    = None,
+    sources: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--from", metavar="DIR", help="Local directory to reuse pieces from (repeatable)."
+        ),
+    ] = None,
     trust: TrustOption = None,
     workers: Annotated[int | None, typer.Option(help="I/O and hashing threads.")] = None,
     json_mode: JsonOption = False,

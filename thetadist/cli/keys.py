@@ -21,8 +21,9 @@ app = typer.Typer(help="Publisher keys for signing manifests.", no_args_is_help=
 
 @app.command()
 def generate(
-    output: Annotated[Path, typer.Option("-o", "--output", help="Private key file to create.")]
-    = Path("publisher.key"),
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Private key file to create.")
+    ] = Path("publisher.key"),
     json_mode: JsonOption = False,
 ) -> None:
     """Create a new Ed25519 key file (mode 0600) and print its public key."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -23,7 +23,7 @@ from thetadist.units import parse_size
 app = typer.Typer(help="Create, inspect, verify and compare manifests.", no_args_is_help=True)
 
 
-class Chunker(str, Enum):
+class Chunker(StrEnum):
     cdc = "cdc"
     fixed = "fixed"
 
@@ -32,20 +32,27 @@ class Chunker(str, Enum):
 def create(
     directory: Annotated[Path, typer.Argument(help="The build to describe.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Manifest file to write.")],
-    chunker: Annotated[Chunker, typer.Option(help="Content-defined (cdc) or fixed-size chunks.")]
-    = Chunker.cdc,
-    avg_size: Annotated[str | None, typer.Option(
-        help="Average chunk size for cdc (default 32KiB), the chunk size for fixed (1MiB).")]
-    = None,
+    chunker: Annotated[
+        Chunker, typer.Option(help="Content-defined (cdc) or fixed-size chunks.")
+    ] = Chunker.cdc,
+    avg_size: Annotated[
+        str | None,
+        typer.Option(
+            help="Average chunk size for cdc (default 32KiB), the chunk size for fixed (1MiB)."
+        ),
+    ] = None,
     piece_size: Annotated[str, typer.Option(help="Target piece size (unit of transfer).")] = "1MiB",
     name: Annotated[str | None, typer.Option(help="Build name (default: directory name).")] = None,
     version: Annotated[str, typer.Option("--version-label", help="Version label.")] = "",
-    sign: Annotated[Path | None, typer.Option(
-        "--sign", metavar="KEYFILE", help="Sign with this Ed25519 key.")] = None,
-    previous: Annotated[Path | None, typer.Option(
-        metavar="OLD_MANIFEST", help="The manifest this version patches.")] = None,
-    workers: Annotated[int | None, typer.Option(help="Hashing threads (default: all cores).")]
-    = None,
+    sign: Annotated[
+        Path | None, typer.Option("--sign", metavar="KEYFILE", help="Sign with this Ed25519 key.")
+    ] = None,
+    previous: Annotated[
+        Path | None, typer.Option(metavar="OLD_MANIFEST", help="The manifest this version patches.")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Hashing threads (default: all cores).")
+    ] = None,
     json_mode: JsonOption = False,
 ) -> None:
     """Chunk and hash DIRECTORY and write its manifest."""
@@ -125,12 +132,24 @@ def show(
     if files:
         if json_mode:
             for entry in manifest.files:
-                out.emit({"event": "file", "path": entry.path, "size": entry.size,
-                          "executable": entry.executable, "chunks": entry.chunk_count})
+                out.emit(
+                    {
+                        "event": "file",
+                        "path": entry.path,
+                        "size": entry.size,
+                        "executable": entry.executable,
+                        "chunks": entry.chunk_count,
+                    }
+                )
         else:
-            out.table("files", ["path", "size", "exec", "chunks"],
-                      [[e.path, e.size, "x" if e.executable else "", e.chunk_count]
-                       for e in manifest.files])
+            out.table(
+                "files",
+                ["path", "size", "exec", "chunks"],
+                [
+                    [e.path, e.size, "x" if e.executable else "", e.chunk_count]
+                    for e in manifest.files
+                ],
+            )
     out.summary({**_describe(manifest), "manifest_bytes": len(manifest.encode())}, "manifest")
 
 
@@ -152,8 +171,10 @@ def verify(
         out.table(
             "problems",
             ["path", "state", "bad pieces", "bad bytes"],
-            [[p.path, _state(p), _ranges(p.corrupt_pieces), p.corrupt_bytes]
-             for p in report.problems],
+            [
+                [p.path, _state(p), _ranges(p.corrupt_pieces), p.corrupt_bytes]
+                for p in report.problems
+            ],
         )
     out.summary(
         {
@@ -217,13 +238,22 @@ def diff_command(
         + [["renamed", f"{r.old_path} → {r.new_path}"] for r in result.renamed]
     )
     if json_mode:
-        for kind, paths in (("added", result.added), ("removed", result.removed),
-                            ("changed", result.changed)):
+        for kind, paths in (
+            ("added", result.added),
+            ("removed", result.removed),
+            ("changed", result.changed),
+        ):
             for path in paths:
                 out.emit({"event": "file_" + kind, "path": path})
         for rename in result.renamed:
-            out.emit({"event": "file_renamed", "old_path": rename.old_path,
-                      "new_path": rename.new_path, "size": rename.size})
+            out.emit(
+                {
+                    "event": "file_renamed",
+                    "old_path": rename.old_path,
+                    "new_path": rename.new_path,
+                    "size": rename.size,
+                }
+            )
     else:
         out.table("changes", ["change", "path"], changes[:200])
         if len(changes) > 200:

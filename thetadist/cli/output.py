@@ -72,7 +72,9 @@ class Output:
     def error(self, kind: str, message: str, exit_code: int) -> None:
         first_line = message.strip().splitlines()[0] if message.strip() else kind
         if self.json_mode:
-            self.emit({"event": "error", "error": kind, "message": first_line, "exit_code": exit_code})
+            self.emit(
+                {"event": "error", "error": kind, "message": first_line, "exit_code": exit_code}
+            )
         self.errors.print(f"[red]error:[/red] {first_line}", markup=True, highlight=False)
 
     # -- progress ---------------------------------------------------------------------
@@ -106,8 +108,10 @@ class Output:
 def _human(key: str, value: Any) -> str:
     from thetadist.units import format_size
 
-    if isinstance(value, int) and not isinstance(value, bool) and (
-        "bytes" in key or key.endswith("size")
+    if (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and ("bytes" in key or key.endswith("size"))
     ):
         return f"{format_size(value)} ({value:,} B)"
     if isinstance(value, float):

@@ -10,13 +10,12 @@ no ``-0``, no trailing bytes) is accepted.  Errors are :class:`ManifestError`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 import bencode as _bencode
 
 from thetadist.errors import ManifestError
 
-Value = Union[int, bytes, list["Value"], dict[bytes, "Value"]]
+Value = int | bytes | list["Value"] | dict[bytes, "Value"]
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,10 @@ class ChunkerParams:
                 and self.min_size <= self.avg_size <= self.max_size
             )
         elif self.algorithm == "fixed":
-            ok = 4096 <= self.avg_size <= 16 << 20 and self.min_size == self.max_size == self.avg_size
+            ok = (
+                4096 <= self.avg_size <= 16 << 20
+                and self.min_size == self.max_size == self.avg_size
+            )
         else:
             raise ManifestError(f"unknown chunker {self.algorithm!r}")
         if not ok:
@@ -321,16 +324,28 @@ class Manifest:
                 size = sizes[index]
                 if run_size and run_size + size > limit:
                     pieces.append(
-                        Piece(len(pieces), file_index, run_first, index - run_first,
-                              start_offset, run_size)
+                        Piece(
+                            len(pieces),
+                            file_index,
+                            run_first,
+                            index - run_first,
+                            start_offset,
+                            run_size,
+                        )
                     )
                     run_first, start_offset, run_size = index, offset, 0
                 run_size += size
                 offset += size
             if run_size:
                 pieces.append(
-                    Piece(len(pieces), file_index, run_first, first + entry.chunk_count - run_first,
-                          start_offset, run_size)
+                    Piece(
+                        len(pieces),
+                        file_index,
+                        run_first,
+                        first + entry.chunk_count - run_first,
+                        start_offset,
+                        run_size,
+                    )
                 )
         return tuple(pieces)
 
@@ -416,7 +431,8 @@ class Manifest:
         if len(data) > limits.max_bytes:
             raise ManifestError(f"manifest larger than {limits.max_bytes} bytes")
         value = bencoding.decode(
-            data, bencoding.DecodeLimits(max_items=limits.max_files * 6 + limits.max_directories + 64)
+            data,
+            bencoding.DecodeLimits(max_items=limits.max_files * 6 + limits.max_directories + 64),
         )
         manifest = _from_value(value, limits)
         if manifest.encode() != bytes(data):
@@ -436,7 +452,9 @@ class Manifest:
             with open(path, "rb") as handle:
                 data = handle.read(limits.max_bytes + 1)
         except OSError as exc:
-            raise ManifestError(f"cannot read manifest {os.fspath(path)!r}: {exc.strerror}") from None
+            raise ManifestError(
+                f"cannot read manifest {os.fspath(path)!r}: {exc.strerror}"
+            ) from None
         return cls.decode(data, trust=trust, limits=limits)
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -459,8 +477,19 @@ class Manifest:
 
 
 _TOP_KEYS = {
-    b"chunk hashes", b"chunk sizes", b"chunker", b"directories", b"files", b"format", b"hash",
-    b"name", b"piece size", b"previous", b"signatures", b"total size", b"version",
+    b"chunk hashes",
+    b"chunk sizes",
+    b"chunker",
+    b"directories",
+    b"files",
+    b"format",
+    b"hash",
+    b"name",
+    b"piece size",
+    b"previous",
+    b"signatures",
+    b"total size",
+    b"version",
 }
 _REQUIRED_KEYS = _TOP_KEYS - {b"directories", b"previous", b"signatures"}
 
@@ -506,7 +535,12 @@ def _from_value(value: bencoding.Value, limits: ManifestLimits) -> Manifest:
     if value[b"hash"] != HASH_ALGORITHM:
         raise ManifestError("unsupported hash algorithm")
     chunker_value = value[b"chunker"]
-    if not isinstance(chunker_value, dict) or set(chunker_value) != {b"algorithm", b"avg", b"max", b"min"}:
+    if not isinstance(chunker_value, dict) or set(chunker_value) != {
+        b"algorithm",
+        b"avg",
+        b"max",
+        b"min",
+    }:
         raise ManifestError("chunker must have exactly algorithm, avg, min and max")
     algorithm = _bytes(chunker_value[b"algorithm"], "chunker algorithm")
     if algorithm not in (b"fastcdc", b"fixed"):
@@ -532,14 +566,20 @@ def _from_value(value: bencoding.Value, limits: ManifestLimits) -> Manifest:
         if not isinstance(item, dict):
             raise ManifestError("file entry is not a dictionary")
         keys = set(item)
-        if not {b"chunks", b"path", b"size"} <= keys <= {b"chunks", b"path", b"size", b"executable"}:
+        if (
+            not {b"chunks", b"path", b"size"}
+            <= keys
+            <= {b"chunks", b"path", b"size", b"executable"}
+        ):
             raise ManifestError("file entry has missing or unknown keys")
         path = validate_path(_bytes(item[b"path"], "file path"))
         if b"executable" in item and _int(item[b"executable"], "executable flag", 1, 1) != 1:
             raise ManifestError("executable flag must be 1 when present")
         count = _int(item[b"chunks"], "chunk count", 0, limits.max_chunks)
         entries.append(
-            FileEntry(path, _int(item[b"size"], "file size"), b"executable" in item, next_chunk, count)
+            FileEntry(
+                path, _int(item[b"size"], "file size"), b"executable" in item, next_chunk, count
+            )
         )
         next_chunk += count
     directories_value = _want(value.get(b"directories", []), list, "directories")

@@ -57,6 +57,6 @@ def check_no_prefix_conflicts(file_paths: list[str], directory_paths: list[str])
     files = set(file_paths)
     clash = files & parents
     if clash:
-        raise ManifestError(f"path is both a file and a directory: {ascii(min(clash))}")
+        raise ManifestError(f"path is both a file and a directory: {min(clash)!a}")
     if files & set(directory_paths):
         raise ManifestError("path listed both as a file and as an empty directory")

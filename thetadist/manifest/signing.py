@@ -16,7 +16,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from thetadist.errors import ManifestError, SignatureError, UsageError
+from thetadist.errors import SignatureError, UsageError
 
 if TYPE_CHECKING:
     from thetadist.manifest.model import Manifest

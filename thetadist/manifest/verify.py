@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from array import array
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,7 +82,9 @@ def _bad_chunks(manifest: Manifest, disk_path: str, run: list[tuple[int, int, in
     bad = []
     for position, (chunk_index, offset, size) in enumerate(run):
         piece = view[offset - start : offset - start + size]
-        if len(piece) != size or blake3.blake3(piece).digest() != manifest.chunk_digest(chunk_index):
+        if len(piece) != size or blake3.blake3(piece).digest() != manifest.chunk_digest(
+            chunk_index
+        ):
             bad.append(position)
     return bad
 
@@ -102,7 +104,7 @@ def verify_tree(
         for chunk in range(piece.first_chunk, piece.first_chunk + piece.chunk_count):
             chunk_to_piece[chunk] = piece.index
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        jobs = []
+        jobs: list[tuple[FileProblem, list[tuple[int, int, int]], Future[list[int]] | None]] = []
         for file_index, entry in enumerate(manifest.files):
             disk_path = root_path / entry.path
             report.files_checked += 1
@@ -130,8 +132,10 @@ def verify_tree(
             jobs.append((problem, [], None))
         for problem, run, future in jobs:
             if future is None:
-                if problem.corrupt_pieces or problem.size_on_disk is not None or (
-                    problem.executable_mismatch
+                if (
+                    problem.corrupt_pieces
+                    or problem.size_on_disk is not None
+                    or (problem.executable_mismatch)
                 ):
                     problem.corrupt_pieces = sorted(set(problem.corrupt_pieces))
                     report.problems.append(problem)

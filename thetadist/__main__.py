@@ -1,0 +1,3 @@
+from thetadist.cli import main
+
+main()
