@@ -1,0 +1,256 @@
+"""The frame codec on its own: encode, cut frames out of a stream, decode."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from thetadist.errors import LocalProtocolError, RemoteProtocolError
+from thetadist.wire import (
+    FIRST_EXTENSION_TYPE,
+    MAX_HANDSHAKE_EXTENSIONS_SIZE,
+    MAX_HANDSHAKE_FRAME,
+    MAX_VOUCHER_SIZE,
+    Bitfield,
+    Cancel,
+    Goodbye,
+    Handshake,
+    Have,
+    KeepAlive,
+    Message,
+    MessageType,
+    PaymentTerms,
+    Piece,
+    ReceiveBuffer,
+    Reject,
+    Request,
+    Voucher,
+    decode_message,
+    encode_message,
+    encode_piece_parts,
+    piece_frame_size,
+)
+
+NO_LIMIT = 1 << 40
+u16 = st.integers(0, 2**16 - 1)
+u32 = st.integers(0, 2**32 - 1)
+
+payment_terms = st.builds(
+    PaymentTerms,
+    payee=st.binary(min_size=20, max_size=20),
+    price_per_mib_wei=st.integers(0, 2**256 - 1),
+    chain_id=st.integers(0, 2**64 - 1),
+    contract=st.binary(min_size=20, max_size=20),
+)
+handshakes = st.builds(
+    Handshake,
+    manifest_id=st.binary(min_size=32, max_size=32),
+    peer_id=st.binary(min_size=20, max_size=20) | st.binary(min_size=32, max_size=32),
+    listen_port=u16,
+    capabilities=st.integers(0, 2**64 - 1),
+    max_frame=u32,
+    max_outstanding_requests=u16,
+    payment_terms=st.none() | payment_terms,
+    extensions=st.binary(max_size=MAX_HANDSHAKE_EXTENSIONS_SIZE),
+)
+messages: st.SearchStrategy[Message] = st.one_of(
+    handshakes,
+    st.builds(Bitfield, st.binary(max_size=64)),
+    st.builds(Have, u32),
+    st.builds(Request, u32, u32, u32),
+    st.builds(Cancel, u32, u32, u32),
+    st.builds(Piece, u32, u32, u32, st.binary(max_size=3000)),
+    st.builds(Reject, u32, u32, u32, u16),
+    st.builds(Voucher, st.binary(max_size=MAX_VOUCHER_SIZE)),
+    st.just(KeepAlive()),
+    st.builds(Goodbye, u16, st.text(max_size=64)),
+)
+
+
+def decode_all(buffer: ReceiveBuffer, max_frame: int = NO_LIMIT) -> list[Message]:
+    decoded = []
+    while (frame := buffer.peek_frame(max_frame)) is not None:
+        kind, body = frame
+        try:
+            decoded.append(decode_message(kind, body))
+        finally:
+            body.release()
+        buffer.commit()
+    return decoded
+
+
+def frame(kind: int, body: bytes) -> bytes:
+    return struct.pack(">IB", 1 + len(body), kind) + body
+
+
+def decode_one(data: bytes) -> Message:
+    buffer = ReceiveBuffer()
+    buffer.feed(data)
+    (message,) = decode_all(buffer)
+    return message
+
+
+@given(st.lists(messages, max_size=12), st.data())
+def test_message_sequences_survive_encode_and_decode_in_any_split(
+    sent: list[Message], data: st.DataObject
+) -> None:
+    stream = b"".join(encode_message(message) for message in sent)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
+    buffer = ReceiveBuffer()
+    received: list[Message] = []
+    for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+        buffer.feed(stream[start:end])
+        received.extend(decode_all(buffer))
+    assert received == sent
+    assert len(buffer) == 0
+
+
+def test_piece_parts_are_the_frame_without_copying_the_payload() -> None:
+    data = bytearray(b"x" * 70_000)
+    piece = Piece(3, 1, 2, data)
+    header, payload = encode_piece_parts(piece)
+    assert payload.obj is data
+    assert header + payload == encode_message(piece)
+    assert len(header) + len(payload) == piece_frame_size(len(data))
+
+
+def test_oversized_frame_is_refused_from_its_header_alone() -> None:
+    buffer = ReceiveBuffer()
+    buffer.feed(struct.pack(">IB", 2**31, MessageType.PIECE))
+    with pytest.raises(RemoteProtocolError, match="exceeds the limit"):
+        buffer.peek_frame(piece_frame_size(1 << 20))
+
+
+def test_frame_exactly_at_the_limit_is_accepted() -> None:
+    encoded = encode_message(Voucher(b"v" * 100))
+    buffer = ReceiveBuffer()
+    buffer.feed(encoded)
+    assert buffer.peek_frame(len(encoded)) is not None
+    with pytest.raises(RemoteProtocolError):
+        buffer.peek_frame(len(encoded) - 1)
+
+
+def test_frame_without_type_byte_is_refused() -> None:
+    buffer = ReceiveBuffer()
+    buffer.feed(b"\x00\x00\x00\x00\x02")
+    with pytest.raises(RemoteProtocolError, match="type byte"):
+        buffer.peek_frame(NO_LIMIT)
+
+
+def test_incomplete_frame_consumes_nothing() -> None:
+    encoded = encode_message(Have(7))
+    buffer = ReceiveBuffer()
+    buffer.feed(encoded[:-1])
+    assert buffer.peek_frame(NO_LIMIT) is None
+    assert len(buffer) == len(encoded) - 1
+    buffer.feed(encoded[-1:])
+    assert decode_all(buffer) == [Have(7)]
+
+
+def test_draining_many_frames_across_compactions_keeps_every_frame() -> None:
+    sent = [Have(index) for index in range(30_000)]
+    stream = b"".join(encode_message(message) for message in sent)
+    buffer = ReceiveBuffer()
+    received: list[Message] = []
+    for start in range(0, len(stream), 100_003):
+        buffer.feed(stream[start : start + 100_003])
+        received.extend(decode_all(buffer))
+    assert received == sent
+
+
+@pytest.mark.parametrize("kind", [10, 0x42, FIRST_EXTENSION_TYPE - 1, FIRST_EXTENSION_TYPE])
+def test_decoder_refuses_types_it_does_not_know(kind: int) -> None:
+    with pytest.raises(RemoteProtocolError, match="unknown message type"):
+        decode_one(frame(kind, b""))
+
+
+handshake = Handshake(manifest_id=bytes(32), peer_id=bytes(20))
+handshake_body = encode_message(handshake)[5:]
+
+
+@pytest.mark.parametrize(
+    ("kind", "body", "complaint"),
+    [
+        (MessageType.HANDSHAKE, b"THETA", "truncated"),
+        (MessageType.HANDSHAKE, b"BITTORRENT" + handshake_body[10:], "magic"),
+        (MessageType.HANDSHAKE, handshake_body[:8] + b"\x00\x02" + handshake_body[10:], "version"),
+        (MessageType.HANDSHAKE, handshake_body[:-1], "truncated"),
+        (MessageType.HANDSHAKE, handshake_body + b"\x00", "trailing"),
+        (MessageType.HANDSHAKE, handshake_body[:42] + b"\x07" + handshake_body[43:], "peer id"),
+        (MessageType.HANDSHAKE, handshake_body[:-4] + b"\x00\x05\x00\x00", "payment terms"),
+        (MessageType.HANDSHAKE, handshake_body[:-2] + b"\x04\x01", "extensions"),
+        (MessageType.HAVE, b"\x00\x00\x01", "HAVE body"),
+        (MessageType.REQUEST, bytes(13), "REQUEST body"),
+        (MessageType.CANCEL, bytes(11), "CANCEL body"),
+        (MessageType.REJECT, bytes(12), "REJECT body"),
+        (MessageType.PIECE, bytes(11), "PIECE is truncated"),
+        (MessageType.VOUCHER, bytes(MAX_VOUCHER_SIZE + 1), "voucher"),
+        (MessageType.KEEPALIVE, b"\x00", "KEEPALIVE"),
+        (MessageType.GOODBYE, b"\x00", "GOODBYE is truncated"),
+        (MessageType.GOODBYE, b"\x00\x00\xff\xfe", "UTF-8"),
+        (MessageType.GOODBYE, b"\x00\x00" + b"a" * 257, "exceeds"),
+    ],
+)
+def test_malformed_bodies_are_the_peers_fault(kind: int, body: bytes, complaint: str) -> None:
+    with pytest.raises(RemoteProtocolError, match=complaint):
+        decode_one(frame(kind, body))
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        Handshake(manifest_id=bytes(31), peer_id=bytes(20)),
+        Handshake(manifest_id=bytes(32), peer_id=bytes(7)),
+        Handshake(manifest_id=bytes(32), peer_id=bytes(20), listen_port=70_000),
+        Handshake(manifest_id=bytes(32), peer_id=bytes(20), max_frame=2**32),
+        Handshake(
+            manifest_id=bytes(32),
+            peer_id=bytes(20),
+            extensions=bytes(MAX_HANDSHAKE_EXTENSIONS_SIZE + 1),
+        ),
+        Handshake(
+            manifest_id=bytes(32),
+            peer_id=bytes(20),
+            payment_terms=PaymentTerms(bytes(19), 1, 1, bytes(20)),
+        ),
+        Handshake(
+            manifest_id=bytes(32),
+            peer_id=bytes(20),
+            payment_terms=PaymentTerms(bytes(20), -1, 1, bytes(20)),
+        ),
+        Have(-1),
+        Request(2**32, 0, 1),
+        Piece(0, 0, -1, b"data"),
+        Reject(0, 0, 1, 2**16),
+        Voucher(bytes(MAX_VOUCHER_SIZE + 1)),
+        Goodbye(0, "é" * 129),
+        Goodbye(0, "\udc80"),
+    ],
+)
+def test_unencodable_messages_are_our_fault(message: Message) -> None:
+    with pytest.raises(LocalProtocolError):
+        encode_message(message)
+
+
+def test_handshake_frame_bound_covers_the_largest_handshake() -> None:
+    largest = Handshake(
+        manifest_id=bytes(32),
+        peer_id=bytes(32),
+        payment_terms=PaymentTerms(bytes(20), 2**256 - 1, 2**64 - 1, bytes(20)),
+        extensions=bytes(MAX_HANDSHAKE_EXTENSIONS_SIZE),
+    )
+    assert len(encode_message(largest)) == MAX_HANDSHAKE_FRAME
+
+
+def test_bitfield_helpers_agree_with_the_bit_order() -> None:
+    bitfield = Bitfield.from_pieces(10, [0, 7, 9])
+    assert bitfield.bits == bytes([0b1000_0001, 0b0100_0000])
+    assert [bitfield.has(piece) for piece in (0, 1, 7, 9, 10, -1)] == [
+        True, False, True, True, False, False,
+    ]
+    assert list(bitfield.pieces()) == [0, 7, 9]
+    with pytest.raises(LocalProtocolError):
+        Bitfield.from_pieces(10, [10])

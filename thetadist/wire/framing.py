@@ -1,0 +1,424 @@
+"""The frame codec: every message travels as one length-prefixed frame.
+
+    frame := length u32 | type u8 | body        (length counts the type byte and the body)
+
+Integers are unsigned and big-endian.  The layout of each body is specified in
+docs/protocol.md; this module is its only implementation.  Decoding is split in two so
+that a frame limit can be enforced from the first five bytes, before any payload is
+buffered: :class:`ReceiveBuffer` cuts frames out of the byte stream, :func:`decode_message`
+turns one frame body into a message.  Encoding failures are our fault
+(:class:`LocalProtocolError`); decoding failures are the peer's (:class:`RemoteProtocolError`).
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from thetadist.errors import LocalProtocolError, RemoteProtocolError
+from thetadist.wire.messages import (
+    ADDRESS_SIZE,
+    MANIFEST_ID_SIZE,
+    MAX_GOODBYE_TEXT_SIZE,
+    MAX_HANDSHAKE_EXTENSIONS_SIZE,
+    MAX_VOUCHER_SIZE,
+    PEER_ID_SIZES,
+    PIECE_FRAME_OVERHEAD,
+    PROTOCOL_VERSION,
+    Bitfield,
+    Buffer,
+    Cancel,
+    Goodbye,
+    Handshake,
+    Have,
+    KeepAlive,
+    Message,
+    PaymentTerms,
+    Piece,
+    Reject,
+    Request,
+    Voucher,
+)
+
+MAGIC = b"THETADST"
+
+
+class MessageType(enum.IntEnum):
+    HANDSHAKE = 0
+    BITFIELD = 1
+    HAVE = 2
+    REQUEST = 3
+    CANCEL = 4
+    PIECE = 5
+    REJECT = 6
+    VOUCHER = 7
+    KEEPALIVE = 8
+    GOODBYE = 9
+
+
+#: Types from here up belong to extensions; a v1 peer skips those frames unread.  Unknown
+#: types below it are core types of a later version, which v1 cannot parse safely.
+FIRST_EXTENSION_TYPE = 0x80
+
+_FRAME_HEADER = struct.Struct(">IB")
+FRAME_HEADER_SIZE = _FRAME_HEADER.size
+_LENGTH_SIZE = 4
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_RUN = struct.Struct(">III")
+_REJECT = struct.Struct(">IIIH")
+_PIECE_HEADER = struct.Struct(">IBIII")
+_MAGIC_AND_VERSION = struct.Struct(">8sH")
+_HANDSHAKE_IDS = struct.Struct(">32sB")
+_HANDSHAKE_SETTINGS = struct.Struct(">HQIH")
+_PAYMENT_TERMS = struct.Struct(">20s32sQ20s")
+
+assert _PIECE_HEADER.size == PIECE_FRAME_OVERHEAD
+assert _HANDSHAKE_IDS.size == MANIFEST_ID_SIZE + 1
+
+MAX_HANDSHAKE_FRAME = (
+    FRAME_HEADER_SIZE
+    + _MAGIC_AND_VERSION.size
+    + _HANDSHAKE_IDS.size
+    + max(PEER_ID_SIZES)
+    + _HANDSHAKE_SETTINGS.size
+    + _U16.size
+    + _PAYMENT_TERMS.size
+    + _U16.size
+    + MAX_HANDSHAKE_EXTENSIONS_SIZE
+)
+
+
+def is_extension_type(kind: int) -> bool:
+    return kind >= FIRST_EXTENSION_TYPE
+
+
+def message_name(kind: int) -> str:
+    try:
+        return MessageType(kind).name
+    except ValueError:
+        return f"type {kind:#04x}"
+
+
+# ---------------------------------------------------------------------------- encoding
+
+
+def _frame(kind: MessageType, body: bytes) -> bytes:
+    return _FRAME_HEADER.pack(1 + len(body), kind) + body
+
+
+def _encode_payment_terms(terms: PaymentTerms) -> bytes:
+    if len(terms.payee) != ADDRESS_SIZE or len(terms.contract) != ADDRESS_SIZE:
+        raise LocalProtocolError(f"payee and contract must be {ADDRESS_SIZE}-byte addresses")
+    price = terms.price_per_mib_wei.to_bytes(32, "big")
+    return _PAYMENT_TERMS.pack(terms.payee, price, terms.chain_id, terms.contract)
+
+
+def _encode_handshake(handshake: Handshake) -> bytes:
+    # struct's "Ns" pads or truncates silently, so the sizes are checked first.
+    if len(handshake.manifest_id) != MANIFEST_ID_SIZE:
+        raise LocalProtocolError(f"manifest id must be {MANIFEST_ID_SIZE} bytes")
+    if len(handshake.peer_id) not in PEER_ID_SIZES:
+        raise LocalProtocolError(f"peer id must be {' or '.join(map(str, PEER_ID_SIZES))} bytes")
+    if len(handshake.extensions) > MAX_HANDSHAKE_EXTENSIONS_SIZE:
+        raise LocalProtocolError(
+            f"handshake extensions exceed {MAX_HANDSHAKE_EXTENSIONS_SIZE} bytes"
+        )
+    terms = handshake.payment_terms
+    encoded_terms = b"" if terms is None else _encode_payment_terms(terms)
+    return b"".join(
+        (
+            _MAGIC_AND_VERSION.pack(MAGIC, PROTOCOL_VERSION),
+            _HANDSHAKE_IDS.pack(handshake.manifest_id, len(handshake.peer_id)),
+            handshake.peer_id,
+            _HANDSHAKE_SETTINGS.pack(
+                handshake.listen_port,
+                handshake.capabilities,
+                handshake.max_frame,
+                handshake.max_outstanding_requests,
+            ),
+            _U16.pack(len(encoded_terms)),
+            encoded_terms,
+            _U16.pack(len(handshake.extensions)),
+            handshake.extensions,
+        )
+    )
+
+
+def _encode_goodbye(goodbye: Goodbye) -> bytes:
+    text = goodbye.text.encode("utf-8")
+    if len(text) > MAX_GOODBYE_TEXT_SIZE:
+        raise LocalProtocolError(f"goodbye text exceeds {MAX_GOODBYE_TEXT_SIZE} bytes")
+    return _U16.pack(goodbye.reason) + text
+
+
+def _encode_voucher(voucher: Voucher) -> bytes:
+    if len(voucher.payload) > MAX_VOUCHER_SIZE:
+        raise LocalProtocolError(f"voucher exceeds {MAX_VOUCHER_SIZE} bytes")
+    return bytes(voucher.payload)
+
+
+def encode_piece_parts(piece: Piece) -> tuple[bytes, memoryview]:
+    """The PIECE frame as (header, payload) so a large payload is sent without being copied."""
+    payload = memoryview(piece.data)
+    try:
+        header = _PIECE_HEADER.pack(
+            1 + _RUN.size + payload.nbytes,
+            MessageType.PIECE,
+            piece.piece,
+            piece.first_chunk,
+            piece.chunk_count,
+        )
+    except struct.error as exc:
+        raise LocalProtocolError(f"cannot encode PIECE: {exc}") from None
+    return header, payload
+
+
+def encode_message(message: Message) -> bytes:
+    """One whole frame.  A PIECE's payload is copied; see :func:`encode_piece_parts`."""
+    try:
+        match message:
+            case Handshake():
+                return _frame(MessageType.HANDSHAKE, _encode_handshake(message))
+            case Bitfield(bits=bits):
+                return _frame(MessageType.BITFIELD, bytes(bits))
+            case Have(piece=piece):
+                return _frame(MessageType.HAVE, _U32.pack(piece))
+            case Request(piece=piece, first_chunk=first, chunk_count=count):
+                return _frame(MessageType.REQUEST, _RUN.pack(piece, first, count))
+            case Cancel(piece=piece, first_chunk=first, chunk_count=count):
+                return _frame(MessageType.CANCEL, _RUN.pack(piece, first, count))
+            case Piece():
+                header, payload = encode_piece_parts(message)
+                return header + payload
+            case Reject(piece=piece, first_chunk=first, chunk_count=count, reason=reason):
+                return _frame(MessageType.REJECT, _REJECT.pack(piece, first, count, reason))
+            case Voucher():
+                return _frame(MessageType.VOUCHER, _encode_voucher(message))
+            case KeepAlive():
+                return _frame(MessageType.KEEPALIVE, b"")
+            case Goodbye():
+                return _frame(MessageType.GOODBYE, _encode_goodbye(message))
+    except (struct.error, OverflowError, UnicodeEncodeError) as exc:
+        raise LocalProtocolError(f"cannot encode {type(message).__name__}: {exc}") from None
+    raise LocalProtocolError(f"not a wire message: {message!r}")
+
+
+# ---------------------------------------------------------------------------- decoding
+#
+# Decoders read straight from a memoryview into the receive buffer and copy out only what
+# they keep.  They never hold a slice of it beyond one expression: a live slice would pin
+# the buffer and make the next append fail.
+
+
+class _BodyReader:
+    """Reads fields off a frame body in order; running short is the peer's fault."""
+
+    def __init__(self, body: memoryview, what: str) -> None:
+        self._body = body
+        self._offset = 0
+        self._what = what
+
+    def _advance(self, size: int) -> int:
+        start = self._offset
+        if start + size > len(self._body):
+            raise RemoteProtocolError(f"{self._what} is truncated")
+        self._offset = start + size
+        return start
+
+    def unpack(self, layout: struct.Struct) -> tuple[Any, ...]:
+        return layout.unpack_from(self._body, self._advance(layout.size))
+
+    def take(self, size: int) -> bytes:
+        start = self._advance(size)
+        return bytes(self._body[start : start + size])
+
+    def expect_end(self) -> None:
+        trailing = len(self._body) - self._offset
+        if trailing:
+            raise RemoteProtocolError(f"{self._what} has {trailing} trailing bytes")
+
+
+def _fixed(body: memoryview, layout: struct.Struct, what: str) -> tuple[Any, ...]:
+    if len(body) != layout.size:
+        raise RemoteProtocolError(f"{what} body is {len(body)} bytes, not {layout.size}")
+    return layout.unpack(body)
+
+
+def _decode_handshake(body: memoryview) -> Handshake:
+    # Magic and version come first in every version, so any peer can tell what it met.
+    if len(body) < _MAGIC_AND_VERSION.size:
+        raise RemoteProtocolError("handshake is truncated")
+    magic, version = _MAGIC_AND_VERSION.unpack_from(body)
+    if magic != MAGIC:
+        raise RemoteProtocolError("not a thetadist peer (bad handshake magic)")
+    if version != PROTOCOL_VERSION:
+        raise RemoteProtocolError(
+            f"unsupported protocol version {version} (this side speaks {PROTOCOL_VERSION})"
+        )
+    reader = _BodyReader(body, "handshake")
+    reader.unpack(_MAGIC_AND_VERSION)
+    manifest_id, peer_id_size = reader.unpack(_HANDSHAKE_IDS)
+    if peer_id_size not in PEER_ID_SIZES:
+        raise RemoteProtocolError(f"handshake peer id of {peer_id_size} bytes")
+    peer_id = reader.take(peer_id_size)
+    listen_port, capabilities, max_frame, max_outstanding_requests = reader.unpack(
+        _HANDSHAKE_SETTINGS
+    )
+    (terms_size,) = reader.unpack(_U16)
+    payment_terms: PaymentTerms | None = None
+    if terms_size == _PAYMENT_TERMS.size:
+        payee, price, chain_id, contract = reader.unpack(_PAYMENT_TERMS)
+        payment_terms = PaymentTerms(payee, int.from_bytes(price, "big"), chain_id, contract)
+    elif terms_size:
+        raise RemoteProtocolError(f"handshake payment terms of {terms_size} bytes")
+    (extensions_size,) = reader.unpack(_U16)
+    if extensions_size > MAX_HANDSHAKE_EXTENSIONS_SIZE:
+        raise RemoteProtocolError(f"handshake extensions of {extensions_size} bytes")
+    extensions = reader.take(extensions_size)
+    reader.expect_end()
+    return Handshake(
+        manifest_id=manifest_id,
+        peer_id=peer_id,
+        listen_port=listen_port,
+        capabilities=capabilities,
+        max_frame=max_frame,
+        max_outstanding_requests=max_outstanding_requests,
+        payment_terms=payment_terms,
+        extensions=extensions,
+    )
+
+
+def _decode_bitfield(body: memoryview) -> Bitfield:
+    return Bitfield(bytes(body))
+
+
+def _decode_have(body: memoryview) -> Have:
+    (piece,) = _fixed(body, _U32, "HAVE")
+    return Have(piece)
+
+
+def _decode_request(body: memoryview) -> Request:
+    return Request(*_fixed(body, _RUN, "REQUEST"))
+
+
+def _decode_cancel(body: memoryview) -> Cancel:
+    return Cancel(*_fixed(body, _RUN, "CANCEL"))
+
+
+def _decode_piece(body: memoryview) -> Piece:
+    if len(body) < _RUN.size:
+        raise RemoteProtocolError("PIECE is truncated")
+    piece, first_chunk, chunk_count = _RUN.unpack_from(body)
+    # The one copy of the payload: out of the receive buffer, which is about to be reused.
+    return Piece(piece, first_chunk, chunk_count, bytes(body[_RUN.size :]))
+
+
+def _decode_reject(body: memoryview) -> Reject:
+    return Reject(*_fixed(body, _REJECT, "REJECT"))
+
+
+def _decode_voucher(body: memoryview) -> Voucher:
+    if len(body) > MAX_VOUCHER_SIZE:
+        raise RemoteProtocolError(f"voucher of {len(body)} bytes exceeds {MAX_VOUCHER_SIZE}")
+    return Voucher(bytes(body))
+
+
+def _decode_keepalive(body: memoryview) -> KeepAlive:
+    if len(body):
+        raise RemoteProtocolError(f"KEEPALIVE with a {len(body)}-byte body")
+    return KeepAlive()
+
+
+def _decode_goodbye(body: memoryview) -> Goodbye:
+    if len(body) < _U16.size:
+        raise RemoteProtocolError("GOODBYE is truncated")
+    if len(body) - _U16.size > MAX_GOODBYE_TEXT_SIZE:
+        raise RemoteProtocolError(f"GOODBYE text exceeds {MAX_GOODBYE_TEXT_SIZE} bytes")
+    (reason,) = _U16.unpack_from(body)
+    try:
+        text = bytes(body[_U16.size :]).decode("utf-8")
+    except UnicodeDecodeError:
+        raise RemoteProtocolError("GOODBYE text is not UTF-8") from None
+    return Goodbye(reason, text)
+
+
+_DECODERS: dict[int, Callable[[memoryview], Message]] = {
+    MessageType.HANDSHAKE: _decode_handshake,
+    MessageType.BITFIELD: _decode_bitfield,
+    MessageType.HAVE: _decode_have,
+    MessageType.REQUEST: _decode_request,
+    MessageType.CANCEL: _decode_cancel,
+    MessageType.PIECE: _decode_piece,
+    MessageType.REJECT: _decode_reject,
+    MessageType.VOUCHER: _decode_voucher,
+    MessageType.KEEPALIVE: _decode_keepalive,
+    MessageType.GOODBYE: _decode_goodbye,
+}
+
+
+def decode_message(kind: int, body: memoryview) -> Message:
+    """Decode one frame body of a core message type (extension frames are the caller's)."""
+    decoder = _DECODERS.get(kind)
+    if decoder is None:
+        raise RemoteProtocolError(f"unknown message type {kind:#04x}")
+    return decoder(body)
+
+
+class ReceiveBuffer:
+    """Received bytes not yet consumed, cut into frames.
+
+    A frame is looked at with :meth:`peek_frame` and consumed with :meth:`commit`; nothing is
+    consumed while a frame is incomplete, so a short read simply rolls back.  Consuming moves
+    a read offset instead of deleting from the front (which would make draining many small
+    frames quadratic); the consumed prefix is dropped once it is empty or outweighs the rest.
+    """
+
+    _COMPACT_AFTER = 64 * 1024
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+        self._start = 0
+        self._peeked_end = 0
+
+    def __len__(self) -> int:
+        return len(self._data) - self._start
+
+    def feed(self, data: Buffer) -> None:
+        self._data += data
+
+    def peek_frame(self, max_frame: int) -> tuple[int, memoryview] | None:
+        """The next whole frame as (type, body), or None until it has all arrived.
+
+        The frame limit is checked as soon as the header is in, so an oversized frame is
+        refused before its payload is buffered.  The caller must release the body view
+        before feeding or committing.
+        """
+        start = self._start
+        if len(self._data) - start < FRAME_HEADER_SIZE:
+            return None
+        length, kind = _FRAME_HEADER.unpack_from(self._data, start)
+        if length == 0:
+            raise RemoteProtocolError("frame without a type byte")
+        end = start + _LENGTH_SIZE + length
+        size = end - start
+        if size > max_frame:
+            raise RemoteProtocolError(
+                f"{message_name(kind)} frame of {size} bytes exceeds the limit of {max_frame}"
+            )
+        if end > len(self._data):
+            return None
+        self._peeked_end = end
+        return kind, memoryview(self._data)[start + FRAME_HEADER_SIZE : end]
+
+    def commit(self) -> None:
+        """Consume the frame last returned by :meth:`peek_frame`."""
+        self._start = self._peeked_end
+        if self._start == len(self._data):
+            self._data.clear()
+            self._start = self._peeked_end = 0
+        elif self._start >= self._COMPACT_AFTER and self._start * 2 >= len(self._data):
+            del self._data[: self._start]
+            self._start = self._peeked_end = 0
