@@ -1,9 +1,10 @@
 """Patch efficiency: bytes a holder of version 1 must fetch to get version 2.
 
-    python -m bench.bench_delta [--size 1GiB] [--seed 1] [--workdir DIR]
+    python -m bench.bench_delta [--size 1GiB] [--seed 1] [--records mixed assets] [--workdir DIR]
 
-Generates a game build and its patch with a known count of truly new bytes
-(``bench.gamebuild``), then in the same run measures:
+For each archive-record profile (``mixed``: 2 KiB–512 KiB records, fine-grained edits;
+``assets``: 64 KiB–8 MiB records), generates a game build and its patch with a known count of
+truly new bytes (``bench.gamebuild``), then in the same run measures:
 
 * thetadist (per-file FastCDC at several average sizes, and fixed 1 MiB pieces): the
   ``manifest diff`` figure ``bytes_to_fetch`` = unique new chunk bytes + the new manifest;
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.casync_compare import casync_bytes_to_fetch
-from bench.gamebuild import generate
+from bench.gamebuild import RECORD_PROFILES, generate
 from thetadist import ChunkerParams, create_manifest, diff
 from thetadist.store.plan import assemble_from_local
 from thetadist.units import parse_size
@@ -36,14 +37,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", default="1GiB")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--records", nargs="+", default=["mixed", "assets"], choices=sorted(RECORD_PROFILES)
+    )
     parser.add_argument("--workdir", default="bench-out/delta")
     args = parser.parse_args()
-    work = Path(args.workdir)
+    reports = [
+        run_profile(Path(args.workdir) / records, parse_size(args.size), args.seed, records)
+        for records in args.records
+    ]
+    print(json.dumps({"bench": "delta", "profiles": reports}))
+
+
+def run_profile(work: Path, size: int, seed: int, records: str) -> dict[str, Any]:
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
     v1, v2 = work / "v1", work / "v2"
-    truth = generate(v1, v2, size=parse_size(args.size), seed=args.seed)
+    truth = generate(v1, v2, size=size, seed=seed, records=records)
     new = truth.new_bytes
     rows: list[dict[str, Any]] = []
 
@@ -91,8 +102,8 @@ def main() -> None:
         add(
             "casync",
             label,
-            measured["bytes_to_fetch"],
-            index_bytes=measured["index_bytes"],
+            int(str(measured["bytes_to_fetch"])),
+            index_bytes=measured["v2_index_bytes"],
             new_chunks_compressed_bytes=measured["new_chunk_compressed_bytes"],
             seconds=round(time.perf_counter() - started, 1),
         )
@@ -105,7 +116,7 @@ def main() -> None:
     update = assemble_from_local(patched, out, [out])
     update_seconds = time.perf_counter() - started
     report = {
-        "bench": "delta",
+        "records": records,
         "v1_bytes": truth.v1_bytes,
         "v2_bytes": truth.v2_bytes,
         "true_new_bytes": new,
@@ -131,7 +142,8 @@ def main() -> None:
         f"(predicted {predicted.data_bytes_to_fetch:,}) in {update_seconds:.1f} s",
         file=sys.stderr,
     )
-    print(json.dumps(report))
+    shutil.rmtree(work)
+    return report
 
 
 if __name__ == "__main__":
