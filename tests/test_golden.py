@@ -1,9 +1,9 @@
 """The golden manifests stay byte-identical, and the hostile ones stay rejected."""
 
 import pytest
+from golden import GOLDEN, golden_manifests
 
 import thetadist as td
-from golden import GOLDEN, golden_manifests
 
 
 def test_golden_manifests_are_reproduced_exactly() -> None:

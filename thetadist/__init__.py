@@ -25,11 +25,13 @@ from thetadist.manifest.signing import (
     sign_manifest,
 )
 from thetadist.manifest.verify import VerifyReport, verify_tree
+from thetadist.store import AssembleResult, PieceStore, assemble_from_local
 
 __version__ = "0.1.0"
 
 __all__ = [
     "EXIT_CODES",
+    "AssembleResult",
     "ChunkerParams",
     "Event",
     "EventCallback",
@@ -40,12 +42,14 @@ __all__ = [
     "ManifestError",
     "ManifestLimits",
     "Piece",
+    "PieceStore",
     "SignatureError",
     "StoreError",
     "ThetadistError",
     "UsageError",
     "VerifyReport",
     "__version__",
+    "assemble_from_local",
     "create_manifest",
     "diff",
     "generate_key",

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import sys
 
-import click
 import typer
 
 from thetadist.cli import demo, fetch, keys, manifest
@@ -32,12 +31,15 @@ def main(argv: list[str] | None = None) -> None:
     json_mode = "--json" in (argv if argv is not None else sys.argv[1:])
     try:
         result = app(args=argv, standalone_mode=False)
-    except click.exceptions.Exit as done:
+    except typer.Exit as done:
         sys.exit(done.exit_code)
-    except click.ClickException as problem:
-        Output(json_mode).error("UsageError", problem.format_message(), problem.exit_code)
-        sys.exit(problem.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except typer.TyperException as problem:  # typer's (vendored click's) usage errors
+        code = int(getattr(problem, "exit_code", 2))
+        message = problem.format_message() if hasattr(problem, "format_message") else str(problem)
+        if message.strip():  # empty when typer already printed the help (no arguments)
+            Output(json_mode).error("UsageError", message, code)
+        sys.exit(code)
+    except (KeyboardInterrupt, typer.Abort):
         Output(json_mode).error("Interrupted", "interrupted; rerun the command to resume", 130)
         sys.exit(130)
     except ThetadistError as problem:

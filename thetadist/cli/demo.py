@@ -68,8 +68,8 @@ def demo(
             {
                 "manifest_v2_id": manifest_v2.id_hex,
                 "bytes_total": manifest_v2.total_size,
-                "bytes_reused_from_installed_v1": local.get(installed, 0),
-                "bytes_from_origin": local.get(v2, 0),
+                "bytes_reused_from_installed_v1": local.get(str(installed.resolve()), 0),
+                "bytes_from_origin": local.get(str(v2.resolve()), 0),
                 "bytes_to_fetch_predicted": changes.bytes_to_fetch,
                 "manifest_bytes": changes.manifest_bytes,
                 "verified": report.intact,
