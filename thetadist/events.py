@@ -101,3 +101,74 @@ class FileMissing(Event):
     kind: ClassVar[str] = "file_missing"
     path: str
     size: int
+
+
+@dataclass(frozen=True)
+class Listening(Event):
+    kind: ClassVar[str] = "listening"
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class PeerConnected(Event):
+    kind: ClassVar[str] = "peer_connected"
+    peer: str
+    peer_id: str
+    direction: str
+
+
+@dataclass(frozen=True)
+class PeerDisconnected(Event):
+    kind: ClassVar[str] = "peer_disconnected"
+    peer: str
+    reason: str
+    downloaded: int
+    uploaded: int
+
+
+@dataclass(frozen=True)
+class PeerBanned(Event):
+    kind: ClassVar[str] = "peer_banned"
+    peer: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class PieceServeFailed(Event):
+    kind: ClassVar[str] = "piece_serve_failed"
+    piece: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class TrackerAnnounced(Event):
+    kind: ClassVar[str] = "tracker_announced"
+    url: str
+    peers: int
+    interval: int
+
+
+@dataclass(frozen=True)
+class TrackerFailed(Event):
+    kind: ClassVar[str] = "tracker_failed"
+    url: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class SwarmProgress(Event):
+    kind: ClassVar[str] = "progress"
+    bytes_done: int
+    bytes_total: int
+    download_rate: float
+    upload_rate: float
+    uploaded: int
+    peers: int
+
+
+@dataclass(frozen=True)
+class DownloadComplete(Event):
+    kind: ClassVar[str] = "complete"
+    bytes_total: int
+    seconds: float

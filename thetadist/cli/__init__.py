@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from thetadist.cli import demo, fetch, keys, manifest
+from thetadist.cli import demo, fetch, keys, manifest, seed, tracker
 from thetadist.cli.output import Output
 from thetadist.errors import ThetadistError
 
@@ -24,6 +24,8 @@ app = typer.Typer(
 app.add_typer(manifest.app, name="manifest")
 app.add_typer(keys.app, name="keys")
 app.command(name="fetch")(fetch.fetch)
+app.command(name="seed")(seed.seed)
+app.command(name="tracker")(tracker.tracker)
 app.command(name="demo")(demo.demo)
 
 

@@ -1,8 +1,4 @@
-"""``thetadist fetch``: assemble a build described by a manifest.
-
-Until the swarm lands, the sources are local directories (an older version, a sibling build,
-a mirror); pieces found nowhere are reported and the staged work is kept for a later run.
-"""
+"""``thetadist fetch``: assemble a build from local directories first, then from the swarm."""
 
 from __future__ import annotations
 
@@ -10,59 +6,134 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import trio
 import typer
 
-from thetadist.cli.common import JsonOption, TrustOption, load_manifest
+from thetadist.api import FetchResult
+from thetadist.api import fetch as fetch_build
+from thetadist.cli.common import JsonOption, TrustOption, load_manifest, swarm_config
 from thetadist.cli.output import Output
-from thetadist.errors import TransportError
-from thetadist.events import ChunksCopied, Event
-from thetadist.store.plan import assemble_from_local
+from thetadist.cli.runner import run_until_signal
+from thetadist.errors import ThetadistError
+from thetadist.events import (
+    ChunksCopied,
+    DownloadComplete,
+    Event,
+    PieceStored,
+    SwarmProgress,
+)
+from thetadist.tracker.hostport import parse_hostport
+
+
+class Interrupted(ThetadistError):
+    exit_code = 130
 
 
 def fetch(
     manifest_file: Annotated[Path, typer.Argument(metavar="MANIFEST")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Directory to assemble into.")],
+    peers: Annotated[
+        list[str] | None,
+        typer.Option("--peer", metavar="HOST:PORT", help="A peer to fetch from (repeatable)."),
+    ] = None,
+    trackers: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tracker", metavar="URL", help="A BitTorrent HTTP tracker announce URL (repeatable)."
+        ),
+    ] = None,
     sources: Annotated[
         list[Path] | None,
         typer.Option(
             "--from", metavar="DIR", help="Local directory to reuse pieces from (repeatable)."
         ),
     ] = None,
+    keep_seeding: Annotated[
+        bool,
+        typer.Option(
+            "--keep-seeding", help="Keep serving after the download completes, until Ctrl-C."
+        ),
+    ] = False,
+    listen: Annotated[
+        str,
+        typer.Option(metavar="HOST:PORT", help="Where to accept peers (port 0: any free port)."),
+    ] = "0.0.0.0:0",
+    max_upload_rate: Annotated[
+        str, typer.Option(metavar="RATE", help="e.g. 20MB/s; 0 = no cap.")
+    ] = "0",
+    max_download_rate: Annotated[str, typer.Option(metavar="RATE")] = "0",
+    max_peers: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
     trust: TrustOption = None,
-    workers: Annotated[int | None, typer.Option(help="I/O and hashing threads.")] = None,
     json_mode: JsonOption = False,
 ) -> None:
-    """Assemble OUT from the pieces found in local directories, verifying every chunk."""
+    """Fetch MANIFEST into OUT: local pieces first, the rest from peers, all verified."""
     out = Output(json_mode)
     manifest = load_manifest(manifest_file, trust)
+    config = swarm_config(listen, max_upload_rate, max_download_rate, max_peers)
+    peer_addresses = [parse_hostport(text) for text in peers or []]
     started = time.perf_counter()
+    done: dict[str, float] = {}
 
     def on_event(event: Event) -> None:
         out.event(event)
         if isinstance(event, ChunksCopied):
             out.advance(event.bytes)
+        elif isinstance(event, PieceStored) and event.source not in ("local",):
+            if not event.source.startswith("/"):
+                out.advance(event.size)
+        elif isinstance(event, SwarmProgress):
+            out.describe(f"fetching · {event.peers} peers · ↑ {event.upload_rate / 1e6:.1f} MB/s")
+        elif isinstance(event, DownloadComplete):
+            done["seconds"] = event.seconds
+            if keep_seeding:
+                out.note(f"download complete in {event.seconds:.1f} s; seeding until Ctrl-C")
 
-    with out.progress("assembling", manifest.total_size):
-        result = assemble_from_local(
-            manifest, output, sources or [], on_event=on_event, workers=workers
-        )
-    elapsed = time.perf_counter() - started
-    out.summary(
-        {
-            "manifest_id": manifest.id_hex,
-            "output": str(output),
-            "complete": result.complete,
-            "bytes_total": result.bytes_total,
-            "bytes_already_present": result.bytes_present_before,
-            "bytes_from_local": {str(k): v for k, v in result.bytes_from_local.items()},
-            "bytes_from_local_total": sum(result.bytes_from_local.values()),
-            "bytes_missing": result.bytes_missing,
-            "seconds": round(elapsed, 3),
-        },
-        "fetch",
-    )
-    if not result.complete:
-        raise TransportError(
-            f"{result.bytes_missing} bytes are in none of the sources; the staged work in "
-            f"{output} is kept, rerun with more sources to finish"
-        )
+    live: list[FetchResult] = []
+
+    async def call() -> None:
+        async def runner(task_status: trio.TaskStatus[FetchResult]) -> None:
+            await fetch_build(
+                manifest,
+                output,
+                peers=peer_addresses,
+                trackers=trackers or [],
+                sources=sources or [],
+                config=config,
+                keep_seeding=keep_seeding,
+                on_event=on_event,
+                task_status=task_status,
+            )
+
+        async with trio.open_nursery() as nursery:
+            live.append(await nursery.start(runner))
+
+    with out.progress("fetching", manifest.total_size):
+        _, interrupted = run_until_signal(call)
+    result = live[0] if live else None
+    if result is None or not result.complete:
+        if interrupted:
+            raise Interrupted(
+                "interrupted; the staged work is kept, rerun the same command to resume"
+            )
+        raise ThetadistError("fetch ended without completing")  # unreachable without a bug
+    summary = _summary(manifest.id_hex, output, result)
+    summary["seconds_total"] = round(time.perf_counter() - started, 3)
+    out.summary(summary, "fetch")
+
+
+def _summary(manifest_id: str, output: Path, result: FetchResult) -> dict[str, object]:
+    return {
+        "manifest_id": manifest_id,
+        "output": str(output),
+        "complete": result.complete,
+        "bytes_total": result.bytes_total,
+        "bytes_already_present": result.bytes_already_present,
+        "bytes_from_local": result.bytes_from_local,
+        "bytes_from_local_total": sum(result.bytes_from_local.values()),
+        "bytes_from_peers": result.bytes_from_peers,
+        "bytes_from_peers_total": result.bytes_from_peers_total,
+        "peers_used": len(result.bytes_from_peers),
+        "peers_banned": result.peers_banned,
+        "uploaded_bytes": result.uploaded,
+        "seconds": result.seconds,
+    }

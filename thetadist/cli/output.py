@@ -104,6 +104,15 @@ class Output:
         if self._progress is not None:
             self._progress.advance(self._task, amount)
 
+    def describe(self, text: str) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, description=text)
+
+    def status(self, text: str) -> None:
+        """A transient one-line status for long-running commands (terminals only)."""
+        if not self.json_mode and self.console.is_terminal:
+            self.console.print(text, end="\r", overflow="crop", no_wrap=True)
+
 
 def _human(key: str, value: Any) -> str:
     from thetadist.units import format_size

@@ -19,7 +19,7 @@ from typing import Literal
 
 import blake3
 
-from thetadist.errors import ManifestError
+from thetadist.errors import IntegrityError, ManifestError
 from thetadist.manifest import bencoding
 from thetadist.manifest.paths import check_no_prefix_conflicts, validate_path
 
@@ -348,6 +348,24 @@ class Manifest:
                     )
                 )
         return tuple(pieces)
+
+    def check_piece(self, piece: Piece, data: bytes | bytearray | memoryview) -> None:
+        """Raise :class:`IntegrityError` unless ``data`` is exactly the piece's chunks."""
+        view = memoryview(data).cast("B")
+        if len(view) != piece.size:
+            raise IntegrityError(
+                f"piece {piece.index} has {len(view)} bytes, the manifest says {piece.size}"
+            )
+        sizes, digests = self.chunk_sizes, self.chunk_digests
+        offset = 0
+        for chunk in range(piece.first_chunk, piece.first_chunk + piece.chunk_count):
+            size = sizes[chunk]
+            if (
+                blake3.blake3(view[offset : offset + size]).digest()
+                != digests[chunk * DIGEST_SIZE : (chunk + 1) * DIGEST_SIZE]
+            ):
+                raise IntegrityError(f"piece {piece.index} failed its hash (chunk {chunk})")
+            offset += size
 
     def file_digest(self, file_index: int) -> bytes:
         """Identity of a file's content: BLAKE3 over its chunk digests (used for renames)."""

@@ -428,20 +428,7 @@ class PieceStore:
     # ================================================================= verification
 
     def _verify(self, piece: Piece, view: memoryview) -> None:
-        if len(view) != piece.size:
-            raise IntegrityError(
-                f"piece {piece.index} has {len(view)} bytes, the manifest says {piece.size}"
-            )
-        sizes, digests = self._sizes, self._digests
-        offset = 0
-        for chunk in range(piece.first_chunk, piece.first_chunk + piece.chunk_count):
-            size = sizes[chunk]
-            if (
-                blake3.blake3(view[offset : offset + size]).digest()
-                != digests[chunk * DIGEST_SIZE : (chunk + 1) * DIGEST_SIZE]
-            ):
-                raise IntegrityError(f"piece {piece.index} failed its hash (chunk {chunk})")
-            offset += size
+        self.manifest.check_piece(piece, view)
 
     def chunk_matches(self, chunk_index: int, view: memoryview | bytes) -> bool:
         start = chunk_index * DIGEST_SIZE

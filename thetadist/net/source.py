@@ -1,0 +1,105 @@
+"""What a peer serves from: a complete directory (seeding) or a PieceStore (fetching).
+
+A seeder never uploads a corrupt piece: every piece is hashed against the manifest as it is
+read, in a worker thread, and a piece that fails is withdrawn (REJECTed from then on) instead
+of being sent.  Nothing is hashed up front, so seeding a 60 GB build starts at once.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Protocol
+
+import trio
+
+from thetadist.errors import IntegrityError, StoreError
+from thetadist.manifest.model import Manifest
+from thetadist.store import PieceStore
+from thetadist.wire import Bitfield
+
+
+class PieceSource(Protocol):
+    def has_piece(self, index: int) -> bool: ...
+
+    def bitfield(self) -> bytes: ...
+
+    async def read_piece(self, index: int) -> bytes:
+        """The piece's bytes, verified against the manifest; raises IntegrityError/StoreError."""
+        ...
+
+
+class StoreSource:
+    """Serve the pieces a fetch already has, re-hashing each one as it is read."""
+
+    def __init__(self, store: PieceStore) -> None:
+        self._store = store
+
+    def has_piece(self, index: int) -> bool:
+        return self._store.has_piece(index)
+
+    def bitfield(self) -> bytes:
+        return self._store.bitfield()
+
+    async def read_piece(self, index: int) -> bytes:
+        return await self._store.read_piece(index, verify=True)
+
+
+class DirectorySource:
+    """Serve a directory that holds a build described by ``manifest``."""
+
+    def __init__(self, manifest: Manifest, root: str | os.PathLike[str], *, threads: int = 4):
+        self.manifest = manifest
+        self.root = Path(root)
+        self._present = bytearray(len(manifest.pieces))
+        self._limiter = trio.CapacityLimiter(threads)
+        available = set()
+        for file_index, entry in enumerate(manifest.files):
+            try:
+                info = os.lstat(self.root / entry.path)
+            except OSError:
+                continue
+            if stat.S_ISREG(info.st_mode) and info.st_size == entry.size:
+                available.add(file_index)
+        for piece in manifest.pieces:
+            if piece.file_index in available:
+                self._present[piece.index] = 1
+
+    @property
+    def pieces_available(self) -> int:
+        return sum(self._present)
+
+    def has_piece(self, index: int) -> bool:
+        return bool(self._present[index])
+
+    def bitfield(self) -> bytes:
+        present = self._present
+        return Bitfield.from_pieces(
+            len(present), (i for i in range(len(present)) if present[i])
+        ).bits
+
+    def withdraw(self, index: int) -> None:
+        self._present[index] = 0
+
+    async def read_piece(self, index: int) -> bytes:
+        return await trio.to_thread.run_sync(self._read, index, limiter=self._limiter)
+
+    def _read(self, index: int) -> bytes:
+        piece = self.manifest.pieces[index]
+        path = self.root / self.manifest.files[piece.file_index].path
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                data = os.pread(fd, piece.size, piece.offset)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            self.withdraw(index)
+            raise StoreError(f"cannot read {os.fspath(path)!r}: {exc.strerror}") from None
+        try:
+            self.manifest.check_piece(piece, data)
+        except IntegrityError:
+            self.withdraw(index)
+            raise
+        return data

@@ -1,0 +1,710 @@
+"""The Trio shell of the swarm: sockets, timers and tasks around the sans-I/O cores.
+
+``PeerConnection`` (thetadist.wire) decides what is legal on one connection, ``PiecePicker``
+(thetadist.swarm) decides what to ask whom for, the store verifies and writes.  This module
+only moves bytes and time between them:
+
+* one :class:`PeerSession` per TCP connection, in its own nursery: a reader (frames in,
+  events dispatched), a writer (the only task that writes to the socket, draining an outbox),
+  an uploader (reads requested pieces, verified, and queues them under the upload cap) and
+  a keep-alive timer;
+* one :class:`Swarm` holding the sessions, the listener, the dialers, the tracker announce
+  loops and a ticker that expires stalled requests and reports progress.
+
+Every network wait has a timeout; a peer that breaks the protocol, stalls or sends a corrupt
+piece is dropped with a reason (and banned for this swarm if the data was corrupt); the
+process itself never crashes on a peer's behalf.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field
+
+import trio
+
+from thetadist.errors import (
+    IntegrityError,
+    PeerTimeout,
+    RemoteProtocolError,
+    StoreError,
+    ThetadistError,
+    TrackerError,
+)
+from thetadist.events import (
+    EventCallback,
+    Listening,
+    PeerBanned,
+    PeerConnected,
+    PeerDisconnected,
+    PieceServeFailed,
+    SwarmProgress,
+    TrackerAnnounced,
+    TrackerFailed,
+    ignore_event,
+)
+from thetadist.manifest.model import Manifest
+from thetadist.net.source import PieceSource
+from thetadist.store import PieceStore
+from thetadist.swarm.picker import PiecePicker
+from thetadist.swarm.ratelimit import TokenBucket
+from thetadist.wire import (
+    NEED_DATA,
+    Bitfield,
+    Cancel,
+    ChunkRun,
+    ConnectionClosed,
+    Goodbye,
+    Handshake,
+    Have,
+    KeepAlive,
+    Message,
+    PeerConnection,
+    Piece,
+    Reject,
+    RejectReason,
+    Request,
+    piece_frame_size,
+)
+
+RECEIVE_SIZE = 256 * 1024
+HANDSHAKE_TIMEOUT = 10.0
+IDLE_TIMEOUT = 120.0
+KEEPALIVE_INTERVAL = 30.0
+SEND_TIMEOUT = 60.0
+CONNECT_TIMEOUT = 10.0
+REDIAL_INTERVAL = 5.0
+TICK = 0.25
+#: Pieces a peer may have waiting to be hashed and written at once (memory bound).
+STORING_PER_PEER = 4
+#: Piece payload bytes an uploader may have queued ahead of the socket.
+UPLOAD_AHEAD = 2
+#: Stalls after which a peer is dropped rather than given more chances.
+MAX_STALLS = 3
+
+Address = tuple[str, int]
+
+
+@dataclass
+class SwarmConfig:
+    listen: Address | None = None
+    max_peers: int = 50
+    max_upload_rate: int = 0
+    max_download_rate: int = 0
+    max_outstanding_requests: int = 64
+    super_seed: bool = False
+
+
+@dataclass
+class Totals:
+    downloaded: int = 0
+    uploaded: int = 0
+    downloaded_by_peer: dict[str, int] = field(default_factory=dict)
+    uploaded_by_peer: dict[str, int] = field(default_factory=dict)
+
+
+class _Dropped(Exception):
+    """Ends a session on purpose, with the reason to log."""
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError | OSError):
+        return "connection lost"
+    if isinstance(exc, RemoteProtocolError):
+        return f"protocol error: {exc}"
+    if isinstance(exc, ThetadistError | _Dropped):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+class PeerSession:
+    """One connection to one peer."""
+
+    def __init__(self, swarm: Swarm, stream: trio.SocketStream, address: str, outgoing: bool):
+        self.swarm = swarm
+        self.stream = stream
+        self.address = address
+        self.outgoing = outgoing
+        self.label = address
+        self.conn = PeerConnection(
+            swarm.handshake,
+            piece_count=len(swarm.manifest.pieces),
+            piece_chunk_sizes=swarm.piece_chunk_sizes,
+        )
+        self.peer_id = b""
+        self.listen_address: Address | None = None
+        self.joined = False
+        self.established = False
+        self.downloaded = 0
+        self.uploaded = 0
+        self.their_pieces = bytearray(len(swarm.manifest.pieces))
+        self._outbox: deque[bytes | memoryview] = deque()
+        self._outbox_ready = trio.Event()
+        self._queued_payloads = 0
+        self._payload_sent = trio.Event()
+        self._uploads: deque[ChunkRun] = deque()
+        self._uploads_ready = trio.Event()
+        self._storing = trio.Semaphore(STORING_PER_PEER)
+        self._last_sent = trio.current_time()
+        self._nursery: trio.Nursery | None = None
+        self._end_reason: str | None = None
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def run(self) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._guarded, self._main)
+                nursery.start_soon(self._guarded, self._writer)
+        finally:
+            self.swarm.session_ended(self, self._end_reason or "closed")
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await self.stream.aclose()
+
+    def end(self, reason: str) -> None:
+        if self._end_reason is None:
+            self._end_reason = reason
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    async def _guarded(self, task: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await task()
+            self.end("closed")
+        except Exception as exc:
+            self.end(_describe(exc))
+
+    async def _main(self) -> None:
+        self.send(self.swarm.handshake)
+        with trio.move_on_after(HANDSHAKE_TIMEOUT) as scope:
+            first = await self._next_event(HANDSHAKE_TIMEOUT)
+        if scope.cancelled_caught:
+            raise PeerTimeout("no handshake")
+        assert isinstance(first, Handshake)
+        self.peer_id = first.peer_id
+        host = self.address.rsplit(":", 1)[0]
+        if first.listen_port:
+            self.listen_address = (host, first.listen_port)
+            self.label = f"{host}:{first.listen_port}"
+        self.swarm.session_established(self)
+        self.established = True
+        self.send(Bitfield(self.swarm.source.bitfield()))
+        assert self._nursery is not None
+        self._nursery.start_soon(self._guarded, self._uploader)
+        self._nursery.start_soon(self._guarded, self._keepalive)
+        while True:
+            event = await self._next_event(IDLE_TIMEOUT)
+            if isinstance(event, ConnectionClosed):
+                return
+            await self._handle(event)
+
+    async def _next_event(self, timeout: float) -> object:
+        conn = self.conn
+        while True:
+            event = conn.next_event()
+            if event is not NEED_DATA:
+                return event
+            with trio.move_on_after(timeout) as scope:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+            if scope.cancelled_caught:
+                raise PeerTimeout(f"peer silent for {timeout:.0f} s")
+            conn.receive_data(data)
+            if data:
+                delay = self.swarm.download_bucket.reserve(len(data), trio.current_time())
+                if delay > 0:
+                    await trio.sleep(delay)
+
+    # ------------------------------------------------------------------ incoming
+
+    async def _handle(self, event: object) -> None:
+        swarm = self.swarm
+        if not self.joined and not isinstance(event, Bitfield):
+            self._join(())
+        match event:
+            case Bitfield():
+                pieces = list(event.pieces())
+                self._join(pieces)
+            case Have(piece=piece):
+                self.their_pieces[piece] = 1
+                swarm.on_have(self, piece)
+            case Request():
+                swarm.on_request(self, event.run)
+            case Cancel():
+                run = event.run
+                if run in self._uploads:
+                    self._uploads.remove(run)
+                    self.send(Reject(*run, RejectReason.CANCELLED))
+            case Piece():
+                await self._storing.acquire()
+                assert self._nursery is not None
+                self._nursery.start_soon(self._store, event)
+            case Reject():
+                swarm.on_reject(self, event)
+            case Goodbye(reason=reason, text=text):
+                raise _Dropped(f"peer said goodbye ({reason}: {text})")
+
+    def _join(self, pieces: Sequence[int]) -> None:
+        for piece in pieces:
+            self.their_pieces[piece] = 1
+        self.joined = True
+        self.swarm.on_joined(self, pieces)
+
+    async def _store(self, piece: Piece) -> None:
+        try:
+            await self.swarm.on_piece(self, piece)
+        except _Dropped as exc:
+            self.end(str(exc))
+        finally:
+            self._storing.release()
+
+    # ------------------------------------------------------------------ outgoing
+
+    def send(self, message: Message) -> None:
+        """Encode ``message`` now (so the connection's state moves at once) and queue it."""
+        self._outbox.append(self.conn.send(message))
+        self._outbox_ready.set()
+
+    def queue_upload(self, run: ChunkRun) -> None:
+        self._uploads.append(run)
+        self._uploads_ready.set()
+
+    async def _writer(self) -> None:
+        outbox = self._outbox
+        stream = self.stream
+        while True:
+            if not outbox:
+                self._outbox_ready = trio.Event()
+                await self._outbox_ready.wait()
+            # Small frames go out together in one write; a piece payload on its own.
+            batch: list[bytes | memoryview] = []
+            while outbox and len(batch) < 256:
+                item = outbox[0]
+                if isinstance(item, memoryview):
+                    if not batch:
+                        batch.append(outbox.popleft())
+                    break
+                batch.append(outbox.popleft())
+            data = batch[0] if len(batch) == 1 else b"".join(batch)
+            with trio.move_on_after(SEND_TIMEOUT) as scope:
+                await stream.send_all(data)
+            if scope.cancelled_caught:
+                raise PeerTimeout(f"peer took no data for {SEND_TIMEOUT:.0f} s")
+            self._last_sent = trio.current_time()
+            if isinstance(data, memoryview):
+                self._queued_payloads -= 1
+                self._payload_sent.set()
+
+    async def _uploader(self) -> None:
+        swarm = self.swarm
+        while True:
+            if not self._uploads:
+                self._uploads_ready = trio.Event()
+                await self._uploads_ready.wait()
+            while self._queued_payloads >= UPLOAD_AHEAD:
+                self._payload_sent = trio.Event()
+                await self._payload_sent.wait()
+            run = self._uploads.popleft()
+            try:
+                data = await swarm.source.read_piece(run.piece)
+            except (IntegrityError, StoreError) as exc:
+                swarm.emit(PieceServeFailed(run.piece, str(exc)))
+                self.send(Reject(*run, RejectReason.NOT_AVAILABLE))
+                continue
+            payload = memoryview(data)
+            if run.first_chunk or run.chunk_count != len(swarm.piece_chunk_sizes(run.piece)):
+                sizes = swarm.piece_chunk_sizes(run.piece)
+                start = sum(sizes[: run.first_chunk])
+                payload = payload[
+                    start : start + sum(sizes[run.first_chunk : run.first_chunk + run.chunk_count])
+                ]
+            delay = swarm.upload_bucket.reserve(len(payload), trio.current_time())
+            if delay > 0:
+                await trio.sleep(delay)
+            header, body = self.conn.send_piece_parts(Piece(*run, payload))
+            self._outbox.append(header)
+            self._outbox.append(body)
+            self._queued_payloads += 1
+            self._outbox_ready.set()
+            self.uploaded += len(body)
+            swarm.on_uploaded(self, run, len(body))
+
+    async def _keepalive(self) -> None:
+        while True:
+            await trio.sleep(KEEPALIVE_INTERVAL / 2)
+            if trio.current_time() - self._last_sent >= KEEPALIVE_INTERVAL:
+                self.send(KeepAlive())
+
+    def fill_pipeline(self) -> None:
+        picker = self.swarm.picker
+        if picker is None or not self.joined or self._end_reason is not None:
+            return
+        for run in picker.pick(self.peer_id, trio.current_time()):
+            self.send(Request(*run))
+
+
+class Swarm:
+    """Peers exchanging the pieces of one manifest.  ``picker`` is None when only seeding."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        source: PieceSource,
+        *,
+        config: SwarmConfig | None = None,
+        store: PieceStore | None = None,
+        picker: PiecePicker[bytes] | None = None,
+        bytes_present: int = 0,
+        on_event: EventCallback = ignore_event,
+        peer_id: bytes | None = None,
+    ) -> None:
+        self.manifest = manifest
+        self.source = source
+        self.config = config or SwarmConfig()
+        self.store = store
+        self.picker = picker
+        self.emit = on_event
+        self.peer_id = peer_id or b"-TD0100-" + os.urandom(12)
+        self.totals = Totals()
+        self.bytes_done = bytes_present
+        self.port = 0
+        self.sessions: dict[bytes, PeerSession] = {}
+        self._all_sessions: set[PeerSession] = set()
+        self._dialing: set[Address] = set()
+        self._own_addresses: set[Address] = set()
+        self.banned_ids: set[bytes] = set()
+        self.banned_addresses: set[Address] = set()
+        self.download_complete = trio.Event()
+        #: Set when the fetch completed or failed: what the caller waits for.
+        self.done = trio.Event()
+        self.failure: BaseException | None = None
+        self.upload_bucket = TokenBucket(
+            self.config.max_upload_rate or None, now=trio.current_time()
+        )
+        self.download_bucket = TokenBucket(
+            self.config.max_download_rate or None, now=trio.current_time()
+        )
+        self._chunk_sizes = manifest.chunk_sizes
+        self._pieces = manifest.pieces
+        largest = max((p.size for p in self._pieces), default=0)
+        self._max_frame = max(piece_frame_size(largest), 64 * 1024)
+        self.handshake = self._make_handshake()
+        self._nursery: trio.Nursery | None = None
+        self._rate_marks: deque[tuple[float, int, int]] = deque(maxlen=16)
+        self.upload_counts = bytearray(len(self._pieces))
+
+    def _make_handshake(self) -> Handshake:
+        return Handshake(
+            manifest_id=self.manifest.id,
+            peer_id=self.peer_id,
+            listen_port=self.port,
+            max_frame=self._max_frame,
+            max_outstanding_requests=self.config.max_outstanding_requests,
+        )
+
+    def piece_chunk_sizes(self, index: int) -> Sequence[int]:
+        piece = self._pieces[index]
+        return self._chunk_sizes[piece.first_chunk : piece.first_chunk + piece.chunk_count]
+
+    @property
+    def fetching(self) -> bool:
+        return self.picker is not None and not self.download_complete.is_set()
+
+    # ------------------------------------------------------------------ running
+
+    async def run(
+        self,
+        peers: Iterable[Address] = (),
+        trackers: Iterable[str] = (),
+        *,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen, dial, announce and exchange pieces until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            if self.config.listen is not None:
+                host, port = self.config.listen
+                listeners = await trio.open_tcp_listeners(port, host=host or None)
+                self.port = listeners[0].socket.getsockname()[1]
+                self.handshake = self._make_handshake()
+                self.emit(Listening(host or "0.0.0.0", self.port))
+                nursery.start_soon(trio.serve_listeners, self._accept, listeners)
+            for address in peers:
+                nursery.start_soon(self._keep_dialing, address)
+            for url in trackers:
+                nursery.start_soon(self._announce_loop, url)
+            nursery.start_soon(self._ticker)
+            task_status.started(self.port)
+
+    async def _accept(self, stream: trio.SocketStream) -> None:
+        try:
+            host, port = stream.socket.getpeername()[:2]
+        except OSError:
+            await stream.aclose()
+            return
+        if len(self._all_sessions) >= self.config.max_peers:
+            await stream.aclose()  # a flood of connections costs us one accept each
+            return
+        await self._serve(stream, f"{host}:{port}", outgoing=False)
+
+    async def _serve(self, stream: trio.SocketStream, address: str, *, outgoing: bool) -> None:
+        session = PeerSession(self, stream, address, outgoing)
+        self._all_sessions.add(session)
+        await session.run()
+
+    async def _keep_dialing(self, address: Address) -> None:
+        """Keep a connection to a peer named on the command line."""
+        while True:
+            if address not in self.banned_addresses and not self._connected_to(address):
+                await self.dial(address)
+            await trio.sleep(REDIAL_INTERVAL)
+
+    def _connected_to(self, address: Address) -> bool:
+        return any(s.listen_address == address for s in self._all_sessions) or (
+            address in self._own_addresses
+        )
+
+    async def dial(self, address: Address) -> None:
+        if (
+            address in self._dialing
+            or self._connected_to(address)
+            or address in self.banned_addresses
+            or len(self._all_sessions) >= self.config.max_peers
+        ):
+            return
+        self._dialing.add(address)
+        try:
+            with trio.fail_after(CONNECT_TIMEOUT):
+                stream = await trio.open_tcp_stream(*address)
+        except (OSError, trio.TooSlowError):
+            return
+        finally:
+            self._dialing.discard(address)
+        session = PeerSession(self, stream, f"{address[0]}:{address[1]}", True)
+        session.listen_address = address
+        self._all_sessions.add(session)
+        await session.run()
+
+    def dial_soon(self, address: Address) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(self.dial, address)
+
+    async def _announce_loop(self, url: str) -> None:
+        from thetadist.tracker.client import announce
+        from thetadist.tracker.protocol import AnnounceEvent
+
+        event: AnnounceEvent | None = "started"
+        completed_sent = not self.fetching
+        try:
+            while True:
+                interval = 15
+                try:
+                    result = await announce(
+                        url,
+                        info_hash=self.manifest.info_hash,
+                        peer_id=self.peer_id,
+                        port=self.port,
+                        uploaded=self.totals.uploaded,
+                        downloaded=self.totals.downloaded,
+                        left=self.manifest.total_size - self.bytes_done,
+                        event=event,
+                    )
+                except TrackerError as exc:
+                    self.emit(TrackerFailed(url, str(exc)))
+                else:
+                    event = None
+                    interval = min(max(int(result.interval), 5), 1800)
+                    self.emit(TrackerAnnounced(url, len(result.peers), interval))
+                    for address in result.peers:
+                        self.dial_soon((str(address[0]), int(address[1])))
+                if completed_sent:
+                    await trio.sleep(interval)
+                else:
+                    with trio.move_on_after(interval):
+                        await self.download_complete.wait()
+                if not completed_sent and self.download_complete.is_set():
+                    event, completed_sent = "completed", True
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(2), suppress(TrackerError):
+                await announce(
+                    url,
+                    info_hash=self.manifest.info_hash,
+                    peer_id=self.peer_id,
+                    port=self.port,
+                    uploaded=self.totals.uploaded,
+                    downloaded=self.totals.downloaded,
+                    left=self.manifest.total_size - self.bytes_done,
+                    event="stopped",
+                )
+
+    async def _ticker(self) -> None:
+        last_report = 0.0
+        while True:
+            await trio.sleep(TICK)
+            now = trio.current_time()
+            if self.picker is not None and self.fetching:
+                for peer_id, run in self.picker.timeouts(now):
+                    session = self.sessions.get(peer_id)
+                    if session is None:
+                        continue
+                    if self.picker.stalls(peer_id) >= MAX_STALLS:
+                        session.end("stalled repeatedly")
+                    elif run in session.conn.requests_sent:
+                        session.send(Cancel(*run))
+                for session in list(self.sessions.values()):
+                    session.fill_pipeline()
+            if now - last_report >= 1.0:
+                last_report = now
+                self.emit(self.progress(now))
+
+    def progress(self, now: float) -> SwarmProgress:
+        marks = self._rate_marks
+        marks.append((now, self.totals.downloaded, self.totals.uploaded))
+        first = marks[0]
+        span = now - first[0]
+        down = (self.totals.downloaded - first[1]) / span if span > 0 else 0.0
+        up = (self.totals.uploaded - first[2]) / span if span > 0 else 0.0
+        return SwarmProgress(
+            self.bytes_done,
+            self.manifest.total_size,
+            round(down),
+            round(up),
+            self.totals.uploaded,
+            len(self.sessions),
+        )
+
+    # ------------------------------------------------------------------ session events
+
+    def session_established(self, session: PeerSession) -> None:
+        peer_id = session.peer_id
+        if peer_id == self.peer_id:
+            if session.listen_address is not None:
+                self._own_addresses.add(session.listen_address)
+            raise _Dropped("connected to ourselves")
+        if peer_id in self.banned_ids:
+            raise _Dropped("banned peer")
+        other = self.sessions.get(peer_id)
+        if other is not None:
+            # Both ends keep the connection dialled by the smaller peer id.
+            keep_outgoing = self.peer_id < peer_id
+            if session.outgoing != keep_outgoing:
+                raise _Dropped("duplicate connection")
+            other.end("duplicate connection")
+        self.sessions[peer_id] = session
+        self.emit(PeerConnected(session.label, peer_id.hex(), "out" if session.outgoing else "in"))
+
+    def session_ended(self, session: PeerSession, reason: str) -> None:
+        self._all_sessions.discard(session)
+        if session.established and self.sessions.get(session.peer_id) is session:
+            del self.sessions[session.peer_id]
+            if self.picker is not None and session.joined:
+                self.picker.peer_left(session.peer_id)
+                for other in list(self.sessions.values()):
+                    other.fill_pipeline()
+        if session.established:
+            self.emit(PeerDisconnected(session.label, reason, session.downloaded, session.uploaded))
+
+    def on_joined(self, session: PeerSession, pieces: Sequence[int]) -> None:
+        if self.picker is not None:
+            self.picker.peer_joined(
+                session.peer_id,
+                pieces,
+                max_outstanding=session.conn.their_handshake.max_outstanding_requests
+                if session.conn.their_handshake is not None
+                else 0,
+            )
+            session.fill_pipeline()
+
+    def on_have(self, session: PeerSession, piece: int) -> None:
+        if (
+            self.picker is not None
+            and self.fetching
+            and self.picker.peer_has(session.peer_id, piece)
+        ):
+            session.fill_pipeline()
+
+    def on_request(self, session: PeerSession, run: ChunkRun) -> None:
+        if not self.source.has_piece(run.piece):
+            session.send(Reject(*run, RejectReason.NOT_AVAILABLE))
+        elif self.config.super_seed and self._held_back(session, run.piece):
+            session.send(Reject(*run, RejectReason.BUSY))
+        else:
+            session.queue_upload(run)
+
+    def _held_back(self, session: PeerSession, piece: int) -> bool:
+        """Super-seeding: while other pieces have never been uploaded, do not upload a piece
+        a second time if another peer already has it — the requester can get it there."""
+        if self.upload_counts[piece] == 0:
+            return False
+        holders = sum(
+            1 for s in self.sessions.values() if s is not session and s.their_pieces[piece]
+        )
+        return holders > 0 and 0 in self.upload_counts
+
+    def on_uploaded(self, session: PeerSession, run: ChunkRun, size: int) -> None:
+        if self.upload_counts[run.piece] < 255:
+            self.upload_counts[run.piece] += 1
+        self.totals.uploaded += size
+        by_peer = self.totals.uploaded_by_peer
+        by_peer[session.label] = by_peer.get(session.label, 0) + size
+
+    def on_reject(self, session: PeerSession, reject: Reject) -> None:
+        if self.picker is None:
+            return
+        lacks = reject.reason in (RejectReason.NOT_AVAILABLE, RejectReason.BUSY)
+        self.picker.on_rejected(
+            session.peer_id, reject.run, trio.current_time(), peer_lacks_piece=lacks
+        )
+        session.fill_pipeline()
+
+    async def on_piece(self, session: PeerSession, piece: Piece) -> None:
+        picker, store = self.picker, self.store
+        if picker is None or store is None:
+            return  # a seeder asked for nothing; the connection already checked it
+        run = piece.run
+        now = trio.current_time()
+        try:
+            stored = await store.write_piece(run.piece, piece.data, source=session.label)
+        except IntegrityError as exc:
+            picker.on_failed(session.peer_id, run, now)
+            self.ban(session, f"sent a corrupt piece ({exc})")
+            raise _Dropped(f"banned: sent a corrupt piece {run.piece}") from None
+        except (StoreError, OSError) as exc:
+            self.fail(exc if isinstance(exc, StoreError) else StoreError(str(exc)))
+            return
+        size = len(piece.data)
+        session.downloaded += size
+        self.totals.downloaded += size
+        by_peer = self.totals.downloaded_by_peer
+        by_peer[session.label] = by_peer.get(session.label, 0) + size
+        for other_id, other_run in picker.on_received(
+            session.peer_id, run, trio.current_time(), size
+        ):
+            other = self.sessions.get(other_id)
+            if other is not None and other_run in other.conn.requests_sent:
+                other.send(Cancel(*other_run))
+        if stored:
+            self.bytes_done += self._pieces[run.piece].size
+            for other in list(self.sessions.values()):
+                if other.established and not other.their_pieces[run.piece]:
+                    other.send(Have(run.piece))
+        if picker.complete:
+            self.download_complete.set()
+            self.done.set()
+        else:
+            session.fill_pipeline()
+
+    def ban(self, session: PeerSession, reason: str) -> None:
+        self.banned_ids.add(session.peer_id)
+        if session.listen_address is not None:
+            self.banned_addresses.add(session.listen_address)
+        self.emit(PeerBanned(session.label, reason))
+
+    def fail(self, exc: BaseException) -> None:
+        """A local failure (disk full, say) that ends the whole fetch."""
+        if self.failure is None:
+            self.failure = exc
+        self.done.set()
