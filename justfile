@@ -26,3 +26,7 @@ bench-manifest *ARGS:
 # Patch efficiency on a generated game build against the truth and casync.
 bench-delta *ARGS:
     {{python}} -m bench.bench_delta {{ARGS}}
+
+# Loopback swarm against libtorrent 2.1.1 in the same run: 1→1, 1→8, 20 MB/s-capped seeder, fetcher RSS.
+bench-swarm *ARGS:
+    {{python}} -m bench.bench_swarm {{ARGS}}

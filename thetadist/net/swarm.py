@@ -141,6 +141,8 @@ class PeerSession:
         self.downloaded = 0
         self.uploaded = 0
         self.their_pieces = bytearray(len(swarm.manifest.pieces))
+        #: Pieces we answered BUSY (super-seeding) and must re-offer when that phase ends.
+        self.busy_rejected: set[int] = set()
         self._outbox: deque[bytes | memoryview] = deque()
         self._outbox_ready = trio.Event()
         self._queued_payloads = 0
@@ -308,6 +310,8 @@ class PeerSession:
                 self._payload_sent = trio.Event()
                 await self._payload_sent.wait()
             run = self._uploads.popleft()
+            if swarm.reject_if_held_back(self, run):
+                continue  # decided when sending, not when asked: another copy may be out now
             try:
                 data = await swarm.source.read_piece(run.piece)
             except (IntegrityError, StoreError) as exc:
@@ -395,6 +399,8 @@ class Swarm:
         self._nursery: trio.Nursery | None = None
         self._rate_marks: deque[tuple[float, int, int]] = deque(maxlen=16)
         self.upload_counts = bytearray(len(self._pieces))
+        self._never_uploaded = len(self._pieces)
+        self._writes_in_flight = 0
 
     def _make_handshake(self) -> Handshake:
         return Handshake(
@@ -629,24 +635,36 @@ class Swarm:
     def on_request(self, session: PeerSession, run: ChunkRun) -> None:
         if not self.source.has_piece(run.piece):
             session.send(Reject(*run, RejectReason.NOT_AVAILABLE))
-        elif self.config.super_seed and self._held_back(session, run.piece):
-            session.send(Reject(*run, RejectReason.BUSY))
-        else:
+        elif not self.reject_if_held_back(session, run):
             session.queue_upload(run)
 
-    def _held_back(self, session: PeerSession, piece: int) -> bool:
-        """Super-seeding: while other pieces have never been uploaded, do not upload a piece
-        a second time if another peer already has it — the requester can get it there."""
-        if self.upload_counts[piece] == 0:
+    def reject_if_held_back(self, session: PeerSession, run: ChunkRun) -> bool:
+        if not (self.config.super_seed and self._held_back(run.piece)):
             return False
-        holders = sum(
-            1 for s in self.sessions.values() if s is not session and s.their_pieces[piece]
-        )
-        return holders > 0 and 0 in self.upload_counts
+        session.busy_rejected.add(run.piece)
+        session.send(Reject(*run, RejectReason.BUSY))
+        return True
+
+    def _held_back(self, piece: int) -> bool:
+        """Super-seeding: upload no piece twice while some piece has never been uploaded; the
+        requester gets the copy from the peer that has (or is getting) it."""
+        return self.upload_counts[piece] > 0 and self._never_uploaded > 0
+
+    def _end_super_seed_phase(self) -> None:
+        # Every piece is out there now: re-offer what each peer was told we were too busy for.
+        for session in list(self.sessions.values()):
+            for piece in sorted(session.busy_rejected):
+                session.send(Have(piece))
+            session.busy_rejected.clear()
 
     def on_uploaded(self, session: PeerSession, run: ChunkRun, size: int) -> None:
-        if self.upload_counts[run.piece] < 255:
-            self.upload_counts[run.piece] += 1
+        count = self.upload_counts[run.piece]
+        if count == 0:
+            self._never_uploaded -= 1
+            if self._never_uploaded == 0 and self.config.super_seed:
+                self._end_super_seed_phase()
+        if count < 255:
+            self.upload_counts[run.piece] = count + 1
         self.totals.uploaded += size
         by_peer = self.totals.uploaded_by_peer
         by_peer[session.label] = by_peer.get(session.label, 0) + size
@@ -666,6 +684,7 @@ class Swarm:
             return  # a seeder asked for nothing; the connection already checked it
         run = piece.run
         now = trio.current_time()
+        self._writes_in_flight += 1
         try:
             stored = await store.write_piece(run.piece, piece.data, source=session.label)
         except IntegrityError as exc:
@@ -675,6 +694,8 @@ class Swarm:
         except (StoreError, OSError) as exc:
             self.fail(exc if isinstance(exc, StoreError) else StoreError(str(exc)))
             return
+        finally:
+            self._writes_in_flight -= 1
         size = len(piece.data)
         session.downloaded += size
         self.totals.downloaded += size
@@ -688,12 +709,16 @@ class Swarm:
                 other.send(Cancel(*other_run))
         if stored:
             self.bytes_done += self._pieces[run.piece].size
+            # Seeds get HAVEs too: a super-seeding origin learns where its pieces went.
             for other in list(self.sessions.values()):
-                if other.established and not other.their_pieces[run.piece]:
+                if other.established:
                     other.send(Have(run.piece))
         if picker.complete:
-            self.download_complete.set()
-            self.done.set()
+            # An endgame duplicate can complete the picker while the first copy is still being
+            # written (and its file renamed): finish only when no write is in flight.
+            if self._writes_in_flight == 0:
+                self.download_complete.set()
+                self.done.set()
         else:
             session.fill_pipeline()
 
