@@ -90,8 +90,10 @@ def test_reuse_from_older_version(tmp_path: Path) -> None:
     assert (out / "same.txt").read_bytes() == (v2 / "same.txt").read_bytes()
     assert not (out / "fresh.bin").exists()
     with PieceStore.open(m2, out) as store:
+        # Chunks copied into partly-local pieces are not journalled: reopening forgets them
+        # (the next plan copies them again from the local source).
         missing_bytes = sum(m2.pieces[i].size for i in store.missing_pieces())
-        assert missing_bytes == result.bytes_missing
+        assert missing_bytes >= result.bytes_missing
         fill_missing(store, v2)
         store.finish()
     assert snapshot(out) == snapshot(v2)
@@ -158,9 +160,27 @@ async def test_apply_reuse_async(tmp_path: Path) -> None:
     store = PieceStore.open(m2, tmp_path / "out", on_event=events.append)
     plan = plan_local_reuse(m2, [v1], store=store, workers=2)
     result = await apply_reuse_async(plan, store, on_event=events.append)
-    assert result.pieces_completed == len(plan.local_pieces)
+    complete = [
+        i
+        for i in plan.local_pieces
+        if all(
+            plan.chunk_file[c] >= 0
+            for c in range(
+                m2.pieces[i].first_chunk, m2.pieces[i].first_chunk + m2.pieces[i].chunk_count
+            )
+        )
+    ]
+    assert result.pieces_completed == len(complete)
     for index in store.missing_pieces():
-        await store.write_piece(index, piece_data(m2, v2, index))
+        # Partly-local pieces need only their missing chunks, as the swarm would send them.
+        missing = store.missing_chunks(index)
+        data = piece_data(m2, v2, index)
+        piece = m2.pieces[index]
+        sizes = m2.chunk_sizes[piece.first_chunk : piece.first_chunk + piece.chunk_count]
+        for chunk in missing:
+            start = sum(sizes[:chunk])
+            await store.write_run(index, chunk, data[start : start + sizes[chunk]])
+        assert store.has_piece(index)
     await store.finish_async()
     assert snapshot(tmp_path / "out") == snapshot(v2)
 

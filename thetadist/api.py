@@ -116,13 +116,18 @@ async def fetch(
             return result
         if not store.all_present and not peers and not trackers:
             raise TransportError(
-                f"{manifest.total_size - store.bytes_present} bytes are in none of the local "
+                f"{store.bytes_missing} bytes are in none of the local "
                 "sources and no peer or tracker was given; the staged work is kept, rerun with "
                 "more sources to finish"
             )
         picker: PiecePicker[bytes] | None = None
         if not store.all_present:
-            picker = PiecePicker.from_manifest(manifest, store.missing_pieces())
+            pieces = manifest.pieces
+            needed: dict[int, list[int] | None] = {}
+            for index in store.missing_pieces():
+                chunks = store.missing_chunks(index)
+                needed[index] = None if len(chunks) == pieces[index].chunk_count else chunks
+            picker = PiecePicker.from_manifest(manifest, needed)
         swarm = Swarm(
             manifest,
             StoreSource(store),

@@ -686,7 +686,12 @@ class Swarm:
         now = trio.current_time()
         self._writes_in_flight += 1
         try:
-            stored = await store.write_piece(run.piece, piece.data, source=session.label)
+            if run.first_chunk == 0 and run.chunk_count == self._pieces[run.piece].chunk_count:
+                stored = await store.write_piece(run.piece, piece.data, source=session.label)
+            else:  # the rest of a piece whose other chunks were found locally
+                stored = await store.write_run(
+                    run.piece, run.first_chunk, piece.data, source=session.label
+                )
         except IntegrityError as exc:
             picker.on_failed(session.peer_id, run, now)
             self.ban(session, f"sent a corrupt piece ({exc})")
@@ -708,7 +713,7 @@ class Swarm:
             if other is not None and other_run in other.conn.requests_sent:
                 other.send(Cancel(*other_run))
         if stored:
-            self.bytes_done += self._pieces[run.piece].size
+            self.bytes_done = store.bytes_present
             # Seeds get HAVEs too: a super-seeding origin learns where its pieces went.
             for other in list(self.sessions.values()):
                 if other.established:

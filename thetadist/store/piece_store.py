@@ -605,6 +605,74 @@ class PieceStore:
         self._emit(events)
         return bool(events)
 
+    @property
+    def bytes_missing(self) -> int:
+        """Bytes still to be written: missing pieces less the chunks already in them."""
+        with self._lock:
+            partial = sum(self._sizes[c] for chunks in self._progress.values() for c in chunks)
+        return self.manifest.total_size - self._present_bytes - partial
+
+    def missing_chunks(self, index: int) -> list[int]:
+        """Chunks of a piece (numbered within the piece) not written yet."""
+        piece = self._piece(index)
+        if self._present[index]:
+            return []
+        with self._lock:
+            done = self._progress.get(index, set())
+            return [
+                c - piece.first_chunk
+                for c in range(piece.first_chunk, piece.first_chunk + piece.chunk_count)
+                if c not in done
+            ]
+
+    def _store_run(
+        self, index: int, first_chunk: int, data: bytes | bytearray | memoryview, source: str
+    ) -> list[Event]:
+        piece = self._piece(index)
+        view = memoryview(data).cast("B")
+        first = piece.first_chunk + first_chunk
+        sizes = self._sizes
+        offset = 0
+        chunks: list[int] = []
+        for chunk in range(first, piece.first_chunk + piece.chunk_count):
+            if offset == len(view):
+                break
+            size = sizes[chunk]
+            if not self.chunk_matches(chunk, view[offset : offset + size]):
+                raise IntegrityError(f"piece {index} failed its hash (chunk {chunk})")
+            chunks.append(chunk)
+            offset += size
+        if offset != len(view) or not chunks:
+            raise IntegrityError(f"run of piece {index} does not end on a chunk boundary")
+        if self._present[index]:
+            return []
+        start = piece.offset + sum(sizes[piece.first_chunk : first])
+        self._pwrite(piece.file_index, start, view)
+        return self._commit_chunks(chunks, source)
+
+    async def write_run(
+        self,
+        index: int,
+        first_chunk: int,
+        data: bytes | bytearray | memoryview,
+        *,
+        source: str = "network",
+    ) -> bool:
+        """Verify and write consecutive chunks of a piece, starting at chunk ``first_chunk``
+        of the piece; the piece becomes present when all its chunks are.  Returns whether
+        this completed the piece."""
+        import trio
+
+        self._check_open()
+        self._piece(index)
+        if self._present[index]:
+            return False
+        events = await trio.to_thread.run_sync(
+            self._store_run, index, first_chunk, data, source, limiter=self._get_limiter()
+        )
+        self._emit(events)
+        return any(isinstance(event, PieceStored) for event in events)
+
     def write_chunk_sync(
         self, chunk_index: int, data: bytes | memoryview, *, source: str = "local"
     ) -> bool:

@@ -10,8 +10,9 @@ searches each source directory:
    points agree) and its chunk digests are looked up; the scan stops as soon as everything
    needed has been found.
 
-Only pieces whose every chunk was found are copied (the swarm transfers whole pieces, so a
-partly-local piece would be downloaded anyway).
+Every chunk found is copied, including those of pieces only partly found locally: the swarm
+then requests just the missing runs of chunks of such a piece (a request names a run of
+chunks), so a patch downloads only the chunks that really changed.
 
 ``apply_reuse`` reads each run of chunks from its source with one ``pread``, re-verifies every
 chunk (the source may have changed since the plan), writes the good ones into the staging
@@ -57,7 +58,7 @@ class ReusePlan:
     chunk_offset: array[int]
     #: (manifest file index, source file index): already correct at its final output path
     adopt: list[tuple[int, int]]
-    #: pieces not present when planned whose every chunk was found (or adopted)
+    #: pieces not present when planned with at least one chunk found (or adopted)
     local_pieces: list[int]
     pieces_total: int
     pieces_present: int
@@ -237,13 +238,18 @@ def plan_local_reuse(
             root = roots[source_of_file[next(f for fi, f in adopt if fi == piece.file_index)]]
             bytes_by_source[os.fspath(root)] = bytes_by_source.get(os.fspath(root), 0) + piece.size
             continue
-        chunks = range(piece.first_chunk, piece.first_chunk + piece.chunk_count)
-        if all(chunk_file[c] >= 0 for c in chunks):
+        found_chunks = [
+            c
+            for c in range(piece.first_chunk, piece.first_chunk + piece.chunk_count)
+            if chunk_file[c] >= 0
+        ]
+        if found_chunks:
             local_pieces.append(piece.index)
-            bytes_local += piece.size
-            for c in chunks:
+            for c in found_chunks:
                 key = os.fspath(roots[source_of_file[chunk_file[c]]])
-                bytes_by_source[key] = bytes_by_source.get(key, 0) + manifest.chunk_sizes[c]
+                size = manifest.chunk_sizes[c]
+                bytes_local += size
+                bytes_by_source[key] = bytes_by_source.get(key, 0) + size
     bytes_total = manifest.total_size
     bytes_present = store.bytes_present if store is not None else 0
     plan = ReusePlan(
@@ -412,22 +418,22 @@ def apply_reuse(
             piece = manifest.pieces[index]
             if store.has_piece(index) or piece.file_index in adopted_files:
                 continue
-            if any(
-                plan.chunk_file[c] < 0
-                for c in range(piece.first_chunk, piece.first_chunk + piece.chunk_count)
-            ):
-                continue
             jobs, size = current.get(piece.file_index, ([], 0))
             offset = piece.offset
             for chunk in range(piece.first_chunk, piece.first_chunk + piece.chunk_count):
                 chunk_size = manifest.chunk_sizes[chunk]
-                jobs.append(
-                    _Job(
-                        offset, chunk_size, plan.chunk_file[chunk], plan.chunk_offset[chunk], chunk
+                if plan.chunk_file[chunk] >= 0:
+                    jobs.append(
+                        _Job(
+                            offset,
+                            chunk_size,
+                            plan.chunk_file[chunk],
+                            plan.chunk_offset[chunk],
+                            chunk,
+                        )
                     )
-                )
+                    size += chunk_size
                 offset += chunk_size
-            size += piece.size
             if size >= COPY_TASK_BYTES:
                 tasks.append((piece.file_index, jobs))
                 current.pop(piece.file_index, None)
@@ -505,7 +511,7 @@ def assemble_from_local(
         store.release_renames()
         complete = store.all_present
         pieces_missing = store.piece_count - store.present_count
-        bytes_missing = manifest.total_size - store.bytes_present
+        bytes_missing = store.bytes_missing
         if complete:
             store.finish()
     finally:
