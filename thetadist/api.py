@@ -150,10 +150,12 @@ async def fetch(
                 result.peers_banned = sorted(f"{h}:{p}" for h, p in swarm.banned_addresses)
                 if swarm.failure is not None:
                     raise swarm.failure
+            if keep_seeding:
+                # Every file is in place now; serve from there while the store closes.
+                swarm.source = DirectorySource(manifest, out)
             await store.finish_async()
             completed()
             if keep_seeding:
-                swarm.source = DirectorySource(manifest, out)
                 await trio.sleep_forever()
             nursery.cancel_scope.cancel()
     finally:

@@ -75,7 +75,9 @@ class Output:
             self.emit(
                 {"event": "error", "error": kind, "message": first_line, "exit_code": exit_code}
             )
-        self.errors.print(f"[red]error:[/red] {first_line}", markup=True, highlight=False)
+        self.errors.print(
+            f"[red]error:[/red] {first_line}", markup=True, highlight=False, soft_wrap=True
+        )
 
     # -- progress ---------------------------------------------------------------------
 

@@ -143,6 +143,7 @@ class PeerSession:
         self.their_pieces = bytearray(len(swarm.manifest.pieces))
         #: Pieces we answered BUSY (super-seeding) and must re-offer when that phase ends.
         self.busy_rejected: set[int] = set()
+        self.sent_pieces = bytearray(len(swarm.manifest.pieces))
         self._outbox: deque[bytes | memoryview] = deque()
         self._outbox_ready = trio.Event()
         self._queued_payloads = 0
@@ -398,8 +399,6 @@ class Swarm:
         self.handshake = self._make_handshake()
         self._nursery: trio.Nursery | None = None
         self._rate_marks: deque[tuple[float, int, int]] = deque(maxlen=16)
-        self.upload_counts = bytearray(len(self._pieces))
-        self._never_uploaded = len(self._pieces)
         self._writes_in_flight = 0
 
     def _make_handshake(self) -> Handshake:
@@ -562,6 +561,8 @@ class Swarm:
                         session.send(Cancel(*run))
                 for session in list(self.sessions.values()):
                     session.fill_pipeline()
+            if self.config.super_seed:
+                self._reoffer_orphans()
             if now - last_report >= 1.0:
                 last_report = now
                 self.emit(self.progress(now))
@@ -639,32 +640,32 @@ class Swarm:
             session.queue_upload(run)
 
     def reject_if_held_back(self, session: PeerSession, run: ChunkRun) -> bool:
-        if not (self.config.super_seed and self._held_back(run.piece)):
+        if not (self.config.super_seed and self._held_back(session, run.piece)):
             return False
         session.busy_rejected.add(run.piece)
         session.send(Reject(*run, RejectReason.BUSY))
         return True
 
-    def _held_back(self, piece: int) -> bool:
-        """Super-seeding: upload no piece twice while some piece has never been uploaded; the
-        requester gets the copy from the peer that has (or is getting) it."""
-        return self.upload_counts[piece] > 0 and self._never_uploaded > 0
+    def _held_back(self, session: PeerSession, piece: int) -> bool:
+        """Super-seeding: do not upload a piece to one peer while another connected peer has it
+        or is being sent it — the requester can get it there, and the origin's upload goes to
+        pieces nobody has yet."""
+        return any(
+            other is not session and (other.their_pieces[piece] or other.sent_pieces[piece])
+            for other in self.sessions.values()
+        )
 
-    def _end_super_seed_phase(self) -> None:
-        # Every piece is out there now: re-offer what each peer was told we were too busy for.
+    def _reoffer_orphans(self) -> None:
+        """Re-announce pieces we answered BUSY once no other connected peer has them (their
+        holder left), so no requester is left without a source."""
         for session in list(self.sessions.values()):
-            for piece in sorted(session.busy_rejected):
+            orphans = [p for p in session.busy_rejected if not self._held_back(session, p)]
+            for piece in sorted(orphans):
+                session.busy_rejected.discard(piece)
                 session.send(Have(piece))
-            session.busy_rejected.clear()
 
     def on_uploaded(self, session: PeerSession, run: ChunkRun, size: int) -> None:
-        count = self.upload_counts[run.piece]
-        if count == 0:
-            self._never_uploaded -= 1
-            if self._never_uploaded == 0 and self.config.super_seed:
-                self._end_super_seed_phase()
-        if count < 255:
-            self.upload_counts[run.piece] = count + 1
+        session.sent_pieces[run.piece] = 1
         self.totals.uploaded += size
         by_peer = self.totals.uploaded_by_peer
         by_peer[session.label] = by_peer.get(session.label, 0) + size
@@ -728,6 +729,8 @@ class Swarm:
             session.fill_pipeline()
 
     def ban(self, session: PeerSession, reason: str) -> None:
+        if session.peer_id in self.banned_ids:
+            return  # several of its pieces were being hashed at once: one ban, one event
         self.banned_ids.add(session.peer_id)
         if session.listen_address is not None:
             self.banned_addresses.add(session.listen_address)

@@ -6,6 +6,10 @@ oversized or malformed reply — is raised as :class:`~thetadist.errors.TrackerE
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from typing import cast
+
 import httpx
 import trio
 
@@ -99,8 +103,11 @@ async def _fetch(client: httpx.AsyncClient, url: str, limit: int) -> tuple[bytes
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise TrackerError(f"tracker reply of {declared} bytes exceeds {limit}")
         body = bytearray()
-        async for chunk in response.aiter_raw():
-            body += chunk
-            if len(body) > limit:
-                raise TrackerError(f"tracker reply exceeds {limit} bytes")
+        # aiter_raw is an async generator: close it now, not when the GC finds it.
+        raw = cast("AsyncGenerator[bytes, None]", response.aiter_raw())
+        async with aclosing(raw) as chunks:
+            async for chunk in chunks:
+                body += chunk
+                if len(body) > limit:
+                    raise TrackerError(f"tracker reply exceeds {limit} bytes")
         return bytes(body), response.status_code
