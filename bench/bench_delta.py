@@ -129,7 +129,9 @@ def run_profile(work: Path, size: int, seed: int, records: str) -> dict[str, Any
         },
     }
     print(
-        f"v2 {truth.v2_bytes:,} B, truly new {new:,} B ({truth.new_fraction:.2%})", file=sys.stderr
+        f"[{records} records] v2 {truth.v2_bytes:,} B, truly new {new:,} B "
+        f"({truth.new_fraction:.2%})",
+        file=sys.stderr,
     )
     for row in rows:
         print(

@@ -83,6 +83,8 @@ def opentracker(tmp_path: Path) -> Iterator[str]:
             break
         process.kill()
         process.wait()
+        if process.stdout:
+            process.stdout.close()
     else:
         output = process.stdout.read() if process.stdout else b""
         pytest.fail(f"opentracker did not start: {output[-500:]!r}")
@@ -95,6 +97,8 @@ def opentracker(tmp_path: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        if process.stdout:
+            process.stdout.close()
 
 
 async def _announce(url: str, info_hash: bytes, peer: bytes, port: int, **kw: object) -> object:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import random
 
 import pytest
@@ -161,9 +162,16 @@ peers_v4 = st.lists(
     unique=True,
     max_size=30,
 )
+
+
+def _not_v4_mapped(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    # Those are recorded as IPv4 (normalize_ip): not a round trip by design.
+    return isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is None
+
+
 peers_v6 = st.lists(
     st.tuples(
-        st.ip_addresses(v=6).map(str).filter(lambda a: "." not in a),
+        st.ip_addresses(v=6).filter(_not_v4_mapped).map(str),
         st.integers(min_value=1, max_value=65535),
     ),
     unique=True,

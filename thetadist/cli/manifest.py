@@ -38,7 +38,7 @@ def create(
     avg_size: Annotated[
         str | None,
         typer.Option(
-            help="Average chunk size for cdc (default 32KiB), the chunk size for fixed (1MiB)."
+            help="Average chunk size for cdc (default 16KiB), the chunk size for fixed (1MiB)."
         ),
     ] = None,
     piece_size: Annotated[str, typer.Option(help="Target piece size (unit of transfer).")] = "1MiB",
@@ -58,7 +58,7 @@ def create(
     """Chunk and hash DIRECTORY and write its manifest."""
     out = Output(json_mode)
     if chunker is Chunker.cdc:
-        params = ChunkerParams.fastcdc(parse_size(avg_size) if avg_size else 32 * 1024)
+        params = ChunkerParams.fastcdc(parse_size(avg_size) if avg_size else 16 * 1024)
     else:
         params = ChunkerParams.fixed(parse_size(avg_size) if avg_size else 1024 * 1024)
     params.validate()

@@ -38,12 +38,12 @@ class ChunkerParams:
     """How files were cut.  ``fixed`` uses ``avg_size`` for every chunk but a file's last."""
 
     algorithm: ChunkerAlgorithm = "fastcdc"
-    avg_size: int = 32 * 1024
-    min_size: int = 8 * 1024
-    max_size: int = 128 * 1024
+    avg_size: int = 16 * 1024
+    min_size: int = 4 * 1024
+    max_size: int = 64 * 1024
 
     @classmethod
-    def fastcdc(cls, avg_size: int = 32 * 1024) -> ChunkerParams:
+    def fastcdc(cls, avg_size: int = 16 * 1024) -> ChunkerParams:
         return cls("fastcdc", avg_size, avg_size // 4, avg_size * 4)
 
     @classmethod
