@@ -3,6 +3,7 @@
 Scripts import from here; the modules behind these names may move.
 """
 
+from thetadist.api import FetchResult, fetch, seed
 from thetadist.errors import (
     EXIT_CODES,
     IntegrityError,
@@ -25,6 +26,7 @@ from thetadist.manifest.signing import (
     sign_manifest,
 )
 from thetadist.manifest.verify import VerifyReport, verify_tree
+from thetadist.net.swarm import SwarmConfig
 from thetadist.store import AssembleResult, PieceStore, assemble_from_local
 
 __version__ = "0.1.0"
@@ -35,6 +37,7 @@ __all__ = [
     "ChunkerParams",
     "Event",
     "EventCallback",
+    "FetchResult",
     "FileEntry",
     "IntegrityError",
     "Manifest",
@@ -45,6 +48,7 @@ __all__ = [
     "PieceStore",
     "SignatureError",
     "StoreError",
+    "SwarmConfig",
     "ThetadistError",
     "UsageError",
     "VerifyReport",
@@ -52,11 +56,13 @@ __all__ = [
     "assemble_from_local",
     "create_manifest",
     "diff",
+    "fetch",
     "generate_key",
     "load_private_key",
     "parse_public_key",
     "public_key_bytes",
     "save_private_key",
+    "seed",
     "sign_manifest",
     "verify_tree",
 ]
