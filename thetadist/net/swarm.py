@@ -70,7 +70,7 @@ from thetadist.wire import (
     piece_frame_size,
 )
 
-RECEIVE_SIZE = 256 * 1024
+RECEIVE_SIZE = 1024 * 1024
 HANDSHAKE_TIMEOUT = 10.0
 IDLE_TIMEOUT = 120.0
 KEEPALIVE_INTERVAL = 30.0
@@ -151,6 +151,7 @@ class PeerSession:
         self._uploads: deque[ChunkRun] = deque()
         self._uploads_ready = trio.Event()
         self._storing = trio.Semaphore(STORING_PER_PEER)
+        self._receive_view = memoryview(bytearray(RECEIVE_SIZE))
         self._last_sent = trio.current_time()
         self._nursery: trio.Nursery | None = None
         self._end_reason: str | None = None
@@ -211,13 +212,15 @@ class PeerSession:
             event = conn.next_event()
             if event is not NEED_DATA:
                 return event
+            # recv_into a buffer kept for the connection: socket.recv would allocate (and
+            # zero) a fresh RECEIVE_SIZE object on every call.
             with trio.move_on_after(timeout) as scope:
-                data = await self.stream.receive_some(RECEIVE_SIZE)
+                received = await self.stream.socket.recv_into(self._receive_view)
             if scope.cancelled_caught:
                 raise PeerTimeout(f"peer silent for {timeout:.0f} s")
-            conn.receive_data(data)
-            if data:
-                delay = self.swarm.download_bucket.reserve(len(data), trio.current_time())
+            conn.receive_data(self._receive_view[:received])
+            if received:
+                delay = self.swarm.download_bucket.reserve(received, trio.current_time())
                 if delay > 0:
                     await trio.sleep(delay)
 
