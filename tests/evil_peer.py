@@ -124,4 +124,4 @@ async def main(manifest_path: str, mode: str, log_path: str) -> None:
 if __name__ == "__main__":
     if len(sys.argv) != 4 or sys.argv[2] not in MODES:
         sys.exit(f"usage: {sys.argv[0]} MANIFEST {{{'|'.join(MODES)}}} LOGFILE")
-    trio.run(main, *sys.argv[1:])
+    trio.run(main, sys.argv[1], sys.argv[2], sys.argv[3])

@@ -86,7 +86,8 @@ class Proc:
 
     def _read_stderr(self) -> None:
         assert self.popen.stderr is not None
-        while chunk := self.popen.stderr.read1(65536):
+        fd = self.popen.stderr.fileno()
+        while chunk := os.read(fd, 65536):
             with self._cond:
                 self._stderr += chunk
 
@@ -132,12 +133,14 @@ class Proc:
                         return event
                 seen = len(self.events)
                 if self.popen.poll() is not None and not self._readers[0].is_alive():
-                    raise ProcessFailure(f"{self.name} exited while waiting for {what}: "
-                                         f"{self.describe()}")
+                    raise ProcessFailure(
+                        f"{self.name} exited while waiting for {what}: {self.describe()}"
+                    )
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise ProcessFailure(f"timed out after {timeout} s waiting for {what}: "
-                                         f"{self.describe()}")
+                    raise ProcessFailure(
+                        f"timed out after {timeout} s waiting for {what}: {self.describe()}"
+                    )
                 self._cond.wait(min(left, 0.2))
 
     def wait_kind(self, kind: str, timeout: float) -> Event:
@@ -155,8 +158,9 @@ class Proc:
             code = self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise ProcessFailure(f"{self.name} did not exit within {timeout} s: "
-                                 f"{self.describe()}") from None
+            raise ProcessFailure(
+                f"{self.name} did not exit within {timeout} s: {self.describe()}"
+            ) from None
         self.drain()
         return code
 
@@ -165,6 +169,9 @@ class Proc:
     @property
     def alive(self) -> bool:
         return self.popen.poll() is None
+
+    def is_alive(self) -> bool:
+        return self.alive
 
     def send_signal(self, sig: int) -> None:
         if self.alive:
@@ -238,7 +245,13 @@ class Procs:
         name: str = "fetcher",
     ) -> Proc:
         args: list[str | os.PathLike[str]] = [
-            "fetch", manifest, "-o", out, "--listen", "127.0.0.1:0", "--json"
+            "fetch",
+            manifest,
+            "-o",
+            out,
+            "--listen",
+            "127.0.0.1:0",
+            "--json",
         ]
         for peer in peers:
             args += ["--peer", peer]
@@ -266,7 +279,8 @@ def run_thetadist(*args: str | os.PathLike[str], timeout: float = 60.0) -> Event
         raise ProcessFailure(f"thetadist {args} failed ({done.returncode}): {done.stderr!r}")
     records = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
     assert records and records[-1]["event"] == "summary", records[-3:]
-    return records[-1]
+    summary: Event = records[-1]
+    return summary
 
 
 # ---------------------------------------------------------------------- content

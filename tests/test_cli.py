@@ -107,6 +107,7 @@ def test_diff_and_local_fetch(capsys, tmp_path: Path) -> None:
         (["manifest", "create", ".", "-o", "/tmp/x.tdm", "--avg-size", "lots"], 2, "not a size"),
         (["manifest", "create", ".", "-o", "/tmp/x.tdm", "--avg-size", "1"], 3, "chunker sizes"),
         (["manifest", "nosuchcommand"], 2, "No such command"),
+        (["manifest", "show", "/tmp/[bold]x[/y].tdm"], 3, "/tmp/[bold]x[/y].tdm"),
     ],
 )
 def test_errors_are_one_line(capsys, argv, code, text) -> None:

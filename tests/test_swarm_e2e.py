@@ -121,18 +121,22 @@ def test_sigkill_at_random_points_then_resume(
         final = run == 2
         # Slow enough (~1 MiB/s) that a kill lands mid-download.
         fetch = procs.fetcher(
-            manifest, out, "--max-download-rate", "1MiB/s", peers=[seeder.address],
+            manifest,
+            out,
+            "--max-download-rate",
+            "1MiB/s",
+            peers=[seeder.address],
             name=f"fetch-{seed}-{run}",
         )
         plan = fetch.wait_kind("plan_ready", START)
         missing = int(plan["pieces_total"]) - int(plan["pieces_present"])
         if not final and missing > 2:
             kill_after = rng.randint(1, missing * 3 // 4)
-            fetch.wait_for(
-                lambda _, n=kill_after, f=fetch: len(network_pieces(f, [seeder.address])) >= n,
-                FETCH,
-                f"{kill_after} pieces from the seeder",
-            )
+
+            def enough(_: Event, n: int = kill_after, f: Proc = fetch) -> bool:
+                return len(network_pieces(f, [seeder.address])) >= n
+
+            fetch.wait_for(enough, FETCH, f"{kill_after} pieces from the seeder")
             time.sleep(rng.uniform(0.0, 0.05))
             fetch.popen.send_signal(signal.SIGKILL)
             assert fetch.wait_exit(10) == -signal.SIGKILL, fetch.describe()
@@ -155,9 +159,9 @@ def test_sigkill_at_random_points_then_resume(
             assert present + len(got) == total
             assert summary["bytes_from_peers_total"] == plan["bytes_missing"]
             assert_identical(out, src)
-            assert not (out / ".thetadist").exists() or not any(
-                (out / ".thetadist").iterdir()
-            ), "staging left behind after completion"
+            assert not (out / ".thetadist").exists() or not any((out / ".thetadist").iterdir()), (
+                "staging left behind after completion"
+            )
             return
     raise AssertionError("unreachable")
 
@@ -238,8 +242,9 @@ def test_stalling_or_vanishing_peer(
     assert requests, f"the {mode} peer was never asked for anything (vacuous test)"
     if mode == "vanish":
         assert any(r["what"] == "half_piece_sent" for r in records)
-        reasons = [e["reason"] for e in fetch.of_kind("peer_disconnected")
-                   if e["peer"] == evil.address]
+        reasons = [
+            e["reason"] for e in fetch.of_kind("peer_disconnected") if e["peer"] == evil.address
+        ]
         assert reasons and all("protocol error" in r for r in reasons), reasons
     else:
         # Endgame asks the seeder for the stalled runs: no need to wait for the timeout.
@@ -455,8 +460,9 @@ def test_ctrl_c_stops_within_a_second_and_resumes(
     sizes = piece_sizes(manifest)
     assert summary["bytes_already_present"] >= sum(sizes[p] for p in first)
     assert summary["bytes_from_peers_total"] < info["total_bytes"]
-    assert summary["bytes_from_peers_total"] + summary["bytes_already_present"] == (
-        info["total_bytes"]
+    assert (
+        summary["bytes_from_peers_total"] + summary["bytes_already_present"]
+        == (info["total_bytes"])
     )
     assert_identical(out, src)
 
@@ -477,7 +483,7 @@ def _start_opentracker(procs: Procs, root: Path, info_hash: str) -> str:
         port = free_port(udp_too=True)
         args = ["-i", "127.0.0.1", "-p", str(port), "-P", str(port), "-d", str(root), "-w", "/wl"]
         proc = procs.start("opentracker", [OPENTRACKER, *args])
-        if wait_tcp(port, 10, alive=lambda proc=proc: proc.alive):
+        if wait_tcp(port, 10, alive=proc.is_alive):
             return f"http://127.0.0.1:{port}/announce"
         proc.kill()
         failures.append(proc.stderr[-500:])
@@ -507,7 +513,9 @@ def _swarm_of_fetchers(
     summaries = {}
     for fetch in fetchers:
         assert fetch.interrupt_and_wait() == 0, fetch.describe()
-        summaries[fetch.name] = fetch.summary
+        summary = fetch.summary
+        assert summary is not None, fetch.describe()
+        summaries[fetch.name] = summary
     assert seeder.interrupt_and_wait() == 0, seeder.describe()
     for n in range(count):
         assert_identical(tmp_path / f"out{n}", src)

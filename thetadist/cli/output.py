@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -76,7 +77,7 @@ class Output:
                 {"event": "error", "error": kind, "message": first_line, "exit_code": exit_code}
             )
         self.errors.print(
-            f"[red]error:[/red] {first_line}", markup=True, highlight=False, soft_wrap=True
+            f"[red]error:[/red] {escape(first_line)}", markup=True, highlight=False, soft_wrap=True
         )
 
     # -- progress ---------------------------------------------------------------------
