@@ -93,7 +93,7 @@ def main() -> None:
     rss: dict[str, int] = {}
     for label, dataset_size in (("small", size), ("large", rss_size)):
         make_dataset(work / label, dataset_size)
-        elapsed, peak, _ = run_measured(
+        elapsed, peak = run_measured(
             [
                 sys.executable,
                 "-m",

@@ -1,8 +1,7 @@
-"""Helpers shared by the benchmarks: bounded data generation, child RSS, medians."""
+"""Helpers shared by the benchmarks: bounded data generation, child peak RSS, medians."""
 
 from __future__ import annotations
 
-import os
 import statistics
 import subprocess
 import time
@@ -26,18 +25,33 @@ def write_noise(path: Path, size: int, label: str) -> None:
             block += 1
 
 
-def run_measured(
-    argv: list[str], **kwargs: object
-) -> tuple[float, int, subprocess.CompletedProcess[bytes] | None]:
-    """Run a command; return (wall seconds, peak RSS in bytes of that child, None)."""
+def read_vmhwm(pid: int) -> int | None:
+    """VmHWM (peak RSS of the current program image, bytes) from /proc, None if gone."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def run_measured(argv: list[str]) -> tuple[float, int]:
+    """Run a command; return (wall seconds, its peak RSS in bytes).
+
+    The peak is VmHWM sampled from /proc while it runs: a child's ``ru_maxrss`` starts at its
+    parent's peak, which would charge the benchmark's own memory to the command."""
     started = time.perf_counter()
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, **kwargs)  # type: ignore[call-overload]
-    _, status, usage = os.wait4(process.pid, 0)
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    peak = 0
+    while process.poll() is None:
+        peak = max(peak, read_vmhwm(process.pid) or 0)
+        time.sleep(0.05)
     elapsed = time.perf_counter() - started
-    process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise RuntimeError(f"{argv[:4]} failed with exit code {process.returncode}")
-    return elapsed, usage.ru_maxrss * 1024, None
+    return elapsed, peak
 
 
 def median(values: list[float]) -> float:

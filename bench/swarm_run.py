@@ -28,6 +28,8 @@ from typing import Any
 
 import blake3
 
+from bench.common import read_vmhwm
+
 HOST = "127.0.0.1"
 #: How long a process may take to exit after SIGINT before it is killed.
 STOP_TIMEOUT_S = 20.0
@@ -121,18 +123,6 @@ def tree_digests(root: Path) -> dict[str, str]:
 def own_peak_rss() -> int:
     """This process's peak RSS: the floor under every child's ``ru_maxrss``."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def read_vmhwm(pid: int) -> int | None:
-    """VmHWM (peak RSS of the current program image, bytes) from /proc, None if gone."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return None
 
 
 @dataclass

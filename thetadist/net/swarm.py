@@ -51,6 +51,8 @@ from thetadist.net.source import PieceSource
 from thetadist.store import PieceStore
 from thetadist.swarm.picker import PiecePicker
 from thetadist.swarm.ratelimit import TokenBucket
+from thetadist.tracker.client import announce
+from thetadist.tracker.protocol import AnnounceEvent, AnnounceResult
 from thetadist.wire import (
     NEED_DATA,
     Bitfield,
@@ -500,26 +502,26 @@ class Swarm:
         if self._nursery is not None:
             self._nursery.start_soon(self.dial, address)
 
-    async def _announce_loop(self, url: str) -> None:
-        from thetadist.tracker.client import announce
-        from thetadist.tracker.protocol import AnnounceEvent
+    async def _announce(self, url: str, event: AnnounceEvent | None) -> AnnounceResult:
+        return await announce(
+            url,
+            info_hash=self.manifest.info_hash,
+            peer_id=self.peer_id,
+            port=self.port,
+            uploaded=self.totals.uploaded,
+            downloaded=self.totals.downloaded,
+            left=self.manifest.total_size - self.bytes_done,
+            event=event,
+        )
 
+    async def _announce_loop(self, url: str) -> None:
         event: AnnounceEvent | None = "started"
         completed_sent = not self.fetching
         try:
             while True:
                 interval = 15
                 try:
-                    result = await announce(
-                        url,
-                        info_hash=self.manifest.info_hash,
-                        peer_id=self.peer_id,
-                        port=self.port,
-                        uploaded=self.totals.uploaded,
-                        downloaded=self.totals.downloaded,
-                        left=self.manifest.total_size - self.bytes_done,
-                        event=event,
-                    )
+                    result = await self._announce(url, event)
                 except TrackerError as exc:
                     self.emit(TrackerFailed(url, str(exc)))
                 else:
@@ -537,16 +539,7 @@ class Swarm:
                     event, completed_sent = "completed", True
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(2), suppress(TrackerError):
-                await announce(
-                    url,
-                    info_hash=self.manifest.info_hash,
-                    peer_id=self.peer_id,
-                    port=self.port,
-                    uploaded=self.totals.uploaded,
-                    downloaded=self.totals.downloaded,
-                    left=self.manifest.total_size - self.bytes_done,
-                    event="stopped",
-                )
+                await self._announce(url, "stopped")
 
     async def _ticker(self) -> None:
         last_report = 0.0
