@@ -87,12 +87,12 @@ def create(
             workers=workers,
         )
     elapsed = time.perf_counter() - started
-    manifest.save(output)
+    manifest_bytes = manifest.save(output)
     out.summary(
         {
             **_describe(manifest),
             "manifest_file": str(output),
-            "manifest_bytes": len(manifest.encode()),
+            "manifest_bytes": manifest_bytes,
             "seconds": round(elapsed, 3),
             "throughput_bytes_per_s": int(manifest.total_size / elapsed) if elapsed else 0,
         },

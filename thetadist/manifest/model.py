@@ -176,20 +176,20 @@ class Manifest:
     ) -> Manifest:
         ordered = sorted(specs, key=lambda spec: spec.path.encode("utf-8"))
         entries: list[FileEntry] = []
-        digests = bytearray()
         sizes = array("I")
         for spec in ordered:
             entries.append(
                 FileEntry(spec.path, spec.size, spec.executable, len(sizes), len(spec.sizes))
             )
-            digests += spec.digests
             sizes.extend(spec.sizes)
+        # One join, no intermediate buffer: the table is the bulk of a big manifest's memory.
+        digests = b"".join(spec.digests for spec in ordered)
         return cls(
             name=name,
             version=version,
             chunker=chunker,
             files=entries,
-            chunk_digests=bytes(digests),
+            chunk_digests=digests,
             chunk_sizes=sizes,
             directories=sorted(directories, key=lambda p: p.encode("utf-8")),
             piece_size=piece_size,
@@ -475,11 +475,13 @@ class Manifest:
             ) from None
         return cls.decode(data, trust=trust, limits=limits)
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the manifest atomically (temporary file, fsync, rename)."""
+    def save(self, path: str | os.PathLike[str]) -> int:
+        """Write the manifest atomically (temporary file, fsync, rename); return its size."""
         from thetadist.store.atomic import atomic_write_bytes
 
-        atomic_write_bytes(Path(path), self.encode())
+        data = self.encode()
+        atomic_write_bytes(Path(path), data)
+        return len(data)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Manifest) and self.encode() == other.encode()
