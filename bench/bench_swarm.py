@@ -282,9 +282,10 @@ def run_thetadist(
             fetchers=sc.fetchers,
             run_dir=run_dir,
             source_digests=data.digests,
-            use_tracker=many,
             keep_seeding=many,
             max_upload_rate=cap,
+            # A capped origin is what super-seeding is for; libtorrent runs both ways.
+            super_seed=cap is not None,
             run_timeout=tools.run_timeout,
             keep=tools.keep,
         )

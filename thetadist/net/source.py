@@ -1,8 +1,11 @@
 """What a peer serves from: a complete directory (seeding) or a PieceStore (fetching).
 
-A seeder never uploads a corrupt piece: every piece is hashed against the manifest as it is
-read, in a worker thread, and a piece that fails is withdrawn (REJECTed from then on) instead
-of being sent.  Nothing is hashed up front, so seeding a 60 GB build starts at once.
+A seeder never uploads a corrupt piece: a piece is hashed against the manifest the first time
+it is read, in a worker thread, and again whenever its file changed since (inode, size or
+mtime); a piece that fails is withdrawn (REJECTed from then on) instead of being sent.
+Nothing is hashed up front, so seeding a 60 GB build starts at once, and a piece served to
+many peers is hashed once.  A fetcher serves from its own store, whose pieces were verified
+before they were written.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ class PieceSource(Protocol):
 
 
 class StoreSource:
-    """Serve the pieces a fetch already has, re-hashing each one as it is read."""
+    """Serve the pieces a fetch already has (each was verified before it was stored)."""
 
     def __init__(self, store: PieceStore) -> None:
         self._store = store
@@ -43,7 +46,7 @@ class StoreSource:
         return self._store.bitfield()
 
     async def read_piece(self, index: int) -> bytes:
-        return await self._store.read_piece(index, verify=True)
+        return await self._store.read_piece(index)
 
 
 class DirectorySource:
@@ -53,6 +56,8 @@ class DirectorySource:
         self.manifest = manifest
         self.root = Path(root)
         self._present = bytearray(len(manifest.pieces))
+        #: piece -> its file's (inode, size, mtime) when the piece's bytes were hashed
+        self._verified_as: dict[int, tuple[int, int, int]] = {}
         self._limiter = trio.CapacityLimiter(threads)
         available = set()
         for file_index, entry in enumerate(manifest.files):
@@ -91,15 +96,19 @@ class DirectorySource:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
             try:
+                info = os.fstat(fd)
                 data = os.pread(fd, piece.size, piece.offset)
             finally:
                 os.close(fd)
         except OSError as exc:
             self.withdraw(index)
             raise StoreError(f"cannot read {os.fspath(path)!r}: {exc.strerror}") from None
-        try:
-            self.manifest.check_piece(piece, data)
-        except IntegrityError:
-            self.withdraw(index)
-            raise
+        identity = (info.st_ino, info.st_size, info.st_mtime_ns)
+        if self._verified_as.get(index) != identity:
+            try:
+                self.manifest.check_piece(piece, data)
+            except IntegrityError:
+                self.withdraw(index)
+                raise
+            self._verified_as[index] = identity
         return data

@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -51,7 +52,7 @@ from thetadist.net.source import PieceSource
 from thetadist.store import PieceStore
 from thetadist.swarm.picker import PiecePicker
 from thetadist.swarm.ratelimit import TokenBucket
-from thetadist.tracker.client import announce
+from thetadist.tracker.client import announce, tracker_client
 from thetadist.tracker.protocol import AnnounceEvent, AnnounceResult
 from thetadist.wire import (
     NEED_DATA,
@@ -71,6 +72,9 @@ from thetadist.wire import (
     Request,
     piece_frame_size,
 )
+
+if TYPE_CHECKING:
+    import httpx
 
 RECEIVE_SIZE = 1024 * 1024
 HANDSHAKE_TIMEOUT = 10.0
@@ -502,7 +506,9 @@ class Swarm:
         if self._nursery is not None:
             self._nursery.start_soon(self.dial, address)
 
-    async def _announce(self, url: str, event: AnnounceEvent | None) -> AnnounceResult:
+    async def _announce(
+        self, url: str, event: AnnounceEvent | None, client: httpx.AsyncClient
+    ) -> AnnounceResult:
         return await announce(
             url,
             info_hash=self.manifest.info_hash,
@@ -512,16 +518,18 @@ class Swarm:
             downloaded=self.totals.downloaded,
             left=self.manifest.total_size - self.bytes_done,
             event=event,
+            client=client,
         )
 
     async def _announce_loop(self, url: str) -> None:
         event: AnnounceEvent | None = "started"
         completed_sent = not self.fetching
+        client = tracker_client(url)
         try:
             while True:
                 interval = 15
                 try:
-                    result = await self._announce(url, event)
+                    result = await self._announce(url, event, client)
                 except TrackerError as exc:
                     self.emit(TrackerFailed(url, str(exc)))
                 else:
@@ -538,8 +546,10 @@ class Swarm:
                 if not completed_sent and self.download_complete.is_set():
                     event, completed_sent = "completed", True
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(2), suppress(TrackerError):
-                await self._announce(url, "stopped")
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                with suppress(TrackerError):
+                    await self._announce(url, "stopped", client)
+                await client.aclose()
 
     async def _ticker(self) -> None:
         last_report = 0.0
