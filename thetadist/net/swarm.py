@@ -322,9 +322,12 @@ class PeerSession:
             run = self._uploads.popleft()
             if swarm.reject_if_held_back(self, run):
                 continue  # decided when sending, not when asked: another copy may be out now
+            # Claimed before the read: a second uploader must see this copy as on its way.
+            self.sent_pieces[run.piece] = 1
             try:
                 data = await swarm.source.read_piece(run.piece)
             except (IntegrityError, StoreError) as exc:
+                self.sent_pieces[run.piece] = 0
                 swarm.emit(PieceServeFailed(run.piece, str(exc)))
                 self.send(Reject(*run, RejectReason.NOT_AVAILABLE))
                 continue
@@ -671,7 +674,6 @@ class Swarm:
                 session.send(Have(piece))
 
     def on_uploaded(self, session: PeerSession, run: ChunkRun, size: int) -> None:
-        session.sent_pieces[run.piece] = 1
         self.totals.uploaded += size
         by_peer = self.totals.uploaded_by_peer
         by_peer[session.label] = by_peer.get(session.label, 0) + size

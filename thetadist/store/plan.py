@@ -143,12 +143,23 @@ def plan_local_reuse(
     workers = workers or os.cpu_count() or 1
     pieces = manifest.pieces
     needed = [p for p in pieces if store is None or not store.has_piece(p.index)]
+    roots: list[Path] = []
+    for source in sources:
+        root = Path(source).resolve()
+        if root not in roots:
+            if not root.is_dir():
+                raise StoreError(f"source {os.fspath(root)!r} is not a directory")
+            roots.append(root)
+    walked = [[item for item in walk_tree(root)[0] if not _in_staging(item)] for root in roots]
     want: dict[bytes, list[int]] = defaultdict(list)
     files_needing: set[int] = set()
-    for piece in needed:
-        files_needing.add(piece.file_index)
-        for chunk in range(piece.first_chunk, piece.first_chunk + piece.chunk_count):
-            want[_digest(manifest, chunk)].append(chunk)
+    # The digest index costs ~250 bytes a chunk: build it only if there is a file to search
+    # (a fresh download into an empty directory has none).
+    if any(item.size for items in walked for item in items):
+        for piece in needed:
+            files_needing.add(piece.file_index)
+            for chunk in range(piece.first_chunk, piece.first_chunk + piece.chunk_count):
+                want[_digest(manifest, chunk)].append(chunk)
     want = dict(want)
     chunk_file = array("l", [-1]) * manifest.chunk_count
     chunk_offset = array("q", [0]) * manifest.chunk_count
@@ -157,11 +168,6 @@ def plan_local_reuse(
     adopt: list[tuple[int, int]] = []
     adopted_files: set[int] = set()
     out_dir = store.out_dir if store is not None else None
-    roots: list[Path] = []
-    for source in sources:
-        root = Path(source).resolve()
-        if root not in roots:
-            roots.append(root)
 
     def register(disk_path: str, root_index: int) -> int:
         source_files.append(disk_path)
@@ -177,9 +183,7 @@ def plan_local_reuse(
         for root_index, root in enumerate(roots):
             if not want:
                 break
-            if not root.is_dir():
-                raise StoreError(f"source {os.fspath(root)!r} is not a directory")
-            items = [item for item in walk_tree(root)[0] if not _in_staging(item)]
+            items = walked[root_index]
             is_output = out_dir is not None and root == out_dir
             by_path = {item.manifest_path: item for item in items}
             candidates = [
