@@ -74,13 +74,18 @@ def fetch(
     started = time.perf_counter()
     done: dict[str, float] = {}
 
+    by_source: dict[str, int] = {}
+
     def on_event(event: Event) -> None:
         out.event(event)
         if isinstance(event, ChunksCopied):
             out.advance(event.bytes)
-        elif isinstance(event, PieceStored) and event.source not in ("local",):
-            if not event.source.startswith("/"):
-                out.advance(event.size)
+            key = f"local {event.source}"
+            by_source[key] = by_source.get(key, 0) + event.bytes
+        elif isinstance(event, PieceStored) and not event.source.startswith("/"):
+            out.advance(event.size)
+            key = f"peer {event.source}"
+            by_source[key] = by_source.get(key, 0) + event.size
         elif isinstance(event, SwarmProgress):
             out.describe(f"fetching · {event.peers} peers · ↑ {event.upload_rate / 1e6:.1f} MB/s")
         elif isinstance(event, DownloadComplete):
@@ -107,7 +112,7 @@ def fetch(
         async with trio.open_nursery() as nursery:
             live.append(await nursery.start(runner))
 
-    with out.progress("fetching", manifest.total_size):
+    with out.progress("fetching", manifest.total_size, by_source):
         _, interrupted = run_until_signal(call)
     result = live[0] if live else None
     if result is None or not result.complete:

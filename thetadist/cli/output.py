@@ -83,11 +83,15 @@ class Output:
     # -- progress ---------------------------------------------------------------------
 
     @contextmanager
-    def progress(self, description: str, total: int) -> Iterator[None]:
+    def progress(
+        self, description: str, total: int | None, sources: dict[str, int] | None = None
+    ) -> Iterator[None]:
+        """A live progress bar (terminals only); ``sources`` — a dict the caller keeps
+        updating, name → bytes — is shown below it as a table of where the bytes come from."""
         if self.json_mode or not self.console.is_terminal:
             yield
             return
-        with Progress(
+        with _SourcesProgress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             DownloadColumn(binary_units=True),
@@ -95,6 +99,7 @@ class Output:
             TimeRemainingColumn(),
             console=self.console,
             transient=True,
+            sources=sources,
         ) as progress:
             self._progress = progress
             self._task = progress.add_task(description, total=total)
@@ -102,6 +107,10 @@ class Output:
                 yield
             finally:
                 self._progress = None
+
+    def set_sources(self, sources: dict[str, int]) -> None:
+        if isinstance(self._progress, _SourcesProgress):
+            self._progress.sources = sources
 
     def advance(self, amount: int) -> None:
         if self._progress is not None:
@@ -111,10 +120,24 @@ class Output:
         if self._progress is not None:
             self._progress.update(self._task, description=text)
 
-    def status(self, text: str) -> None:
-        """A transient one-line status for long-running commands (terminals only)."""
-        if not self.json_mode and self.console.is_terminal:
-            self.console.print(text, end="\r", overflow="crop", no_wrap=True)
+
+class _SourcesProgress(Progress):
+    def __init__(self, *columns: Any, sources: dict[str, int] | None, **options: Any) -> None:
+        self.sources = sources  # before Progress.__init__, which may render already
+        super().__init__(*columns, **options)
+
+    def get_renderables(self) -> Iterator[Any]:
+        from thetadist.units import format_size
+
+        yield self.make_tasks_table(self.tasks)
+        if self.sources:
+            table = Table.grid(padding=(0, 2))
+            ranked = sorted(self.sources.items(), key=lambda item: -item[1])
+            for name, size in ranked[:10]:
+                table.add_row(f"  {name}", format_size(size))
+            if len(ranked) > 10:
+                table.add_row(f"  … {len(ranked) - 10} more", "")
+            yield table
 
 
 def _human(key: str, value: Any) -> str:

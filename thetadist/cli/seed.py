@@ -66,12 +66,12 @@ def seed(
         elif isinstance(event, PeerConnected | PeerBanned):
             out.note(f"{event.kind.replace('_', ' ')}: {event.peer}")
         elif isinstance(event, SwarmProgress):
-            out.status(
-                f"{event.peers} peers · uploaded {event.uploaded / 1e6:.1f} MB · "
-                f"↑ {event.upload_rate / 1e6:.1f} MB/s"
-            )
+            out.describe(f"seeding · {event.peers} peers · ↑ {event.upload_rate / 1e6:.1f} MB/s")
+            out.advance(event.uploaded - uploaded_shown[0])
+            uploaded_shown[0] = event.uploaded
 
     live: list[Swarm] = []
+    uploaded_shown = [0]
 
     async def call() -> None:
         async with trio.open_nursery() as nursery:
