@@ -76,7 +76,9 @@ from thetadist.wire import (
 if TYPE_CHECKING:
     import httpx
 
-RECEIVE_SIZE = 1024 * 1024
+RECEIVE_SIZE = 256 * 1024
+#: Until the peer's handshake is in, a stranger gets a small buffer (floods cost little).
+HANDSHAKE_RECEIVE_SIZE = 4 * 1024
 HANDSHAKE_TIMEOUT = 10.0
 IDLE_TIMEOUT = 120.0
 KEEPALIVE_INTERVAL = 30.0
@@ -157,7 +159,7 @@ class PeerSession:
         self._uploads: deque[ChunkRun] = deque()
         self._uploads_ready = trio.Event()
         self._storing = trio.Semaphore(STORING_PER_PEER)
-        self._receive_view = memoryview(bytearray(RECEIVE_SIZE))
+        self._receive_view = memoryview(bytearray(HANDSHAKE_RECEIVE_SIZE))
         self._last_sent = trio.current_time()
         self._nursery: trio.Nursery | None = None
         self._end_reason: str | None = None
@@ -202,6 +204,7 @@ class PeerSession:
             self.label = f"{host}:{first.listen_port}"
         self.swarm.session_established(self)
         self.established = True
+        self._receive_view = memoryview(bytearray(RECEIVE_SIZE))
         self.send(Bitfield(self.swarm.source.bitfield()))
         assert self._nursery is not None
         self._nursery.start_soon(self._guarded, self._uploader)
