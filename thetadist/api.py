@@ -152,7 +152,8 @@ async def fetch(
                     raise swarm.failure
             if keep_seeding:
                 # Every file is in place now; serve from there while the store closes.
-                swarm.source = DirectorySource(manifest, out)
+                # Stat-ing every file is blocking I/O: keep it off the event loop.
+                swarm.source = await trio.to_thread.run_sync(DirectorySource, manifest, out)
             await store.finish_async()
             completed()
             if keep_seeding:

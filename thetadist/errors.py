@@ -6,6 +6,7 @@ each branch to one documented exit code (``EXIT_CODES``) and prints one line.
 
     ThetadistError
     ├─ UsageError            a bad argument or option value
+    ├─ Interrupted           Ctrl-C / SIGTERM stopped an unfinished job (resumable)
     ├─ ManifestError         an untrusted manifest was rejected
     │   └─ SignatureError    a signature is bad or a trusted key did not sign
     ├─ ProtocolError
@@ -34,6 +35,12 @@ class ThetadistError(Exception):
 
 class UsageError(ThetadistError):
     exit_code = 2
+
+
+class Interrupted(ThetadistError):
+    """Ctrl-C or SIGTERM stopped an unfinished job; rerunning it resumes."""
+
+    exit_code = 130
 
 
 class ManifestError(ThetadistError):

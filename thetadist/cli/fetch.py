@@ -14,7 +14,7 @@ from thetadist.api import fetch as fetch_build
 from thetadist.cli.common import JsonOption, TrustOption, load_manifest, swarm_config
 from thetadist.cli.output import Output
 from thetadist.cli.runner import run_until_signal
-from thetadist.errors import ThetadistError
+from thetadist.errors import Interrupted, ThetadistError
 from thetadist.events import (
     ChunksCopied,
     DownloadComplete,
@@ -23,10 +23,6 @@ from thetadist.events import (
     SwarmProgress,
 )
 from thetadist.tracker.hostport import parse_hostport
-
-
-class Interrupted(ThetadistError):
-    exit_code = 130
 
 
 def fetch(

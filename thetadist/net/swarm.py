@@ -335,8 +335,8 @@ class PeerSession:
                 self.send(Reject(*run, RejectReason.NOT_AVAILABLE))
                 continue
             payload = memoryview(data)
-            if run.first_chunk or run.chunk_count != len(swarm.piece_chunk_sizes(run.piece)):
-                sizes = swarm.piece_chunk_sizes(run.piece)
+            sizes = swarm.piece_chunk_sizes(run.piece)
+            if run.first_chunk or run.chunk_count != len(sizes):
                 start = sum(sizes[: run.first_chunk])
                 payload = payload[
                     start : start + sum(sizes[run.first_chunk : run.first_chunk + run.chunk_count])
@@ -468,10 +468,13 @@ class Swarm:
         if len(self._all_sessions) >= self.config.max_peers:
             await stream.aclose()  # a flood of connections costs us one accept each
             return
-        await self._serve(stream, f"{host}:{port}", outgoing=False)
+        await self._serve(stream, f"{host}:{port}")
 
-    async def _serve(self, stream: trio.SocketStream, address: str, *, outgoing: bool) -> None:
-        session = PeerSession(self, stream, address, outgoing)
+    async def _serve(
+        self, stream: trio.SocketStream, address: str, *, dialled: Address | None = None
+    ) -> None:
+        session = PeerSession(self, stream, address, dialled is not None)
+        session.listen_address = dialled
         self._all_sessions.add(session)
         await session.run()
 
@@ -503,10 +506,7 @@ class Swarm:
             return
         finally:
             self._dialing.discard(address)
-        session = PeerSession(self, stream, f"{address[0]}:{address[1]}", True)
-        session.listen_address = address
-        self._all_sessions.add(session)
-        await session.run()
+        await self._serve(stream, f"{address[0]}:{address[1]}", dialled=address)
 
     def dial_soon(self, address: Address) -> None:
         if self._nursery is not None:
