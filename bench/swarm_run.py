@@ -132,6 +132,7 @@ class Proc:
     name: str
     argv: list[str]
     log_dir: Path
+    env: dict[str, str] | None = None
     popen: subprocess.Popen[bytes] = field(init=False)
     started: float = field(init=False)
     events: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
@@ -154,6 +155,7 @@ class Proc:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=err,
+                env={**os.environ, **self.env} if self.env else None,
                 start_new_session=True,  # our SIGINTs only; a terminal Ctrl-C reaches us alone
             )
         assert self.popen.stdout is not None
@@ -306,6 +308,10 @@ class SwarmSpec:
     super_seed: bool = False
     run_timeout: float = 600.0
     keep: bool = False
+    #: Extra arguments and environment for the seeder and the fetchers (a paid run).
+    seed_args: list[str] = field(default_factory=list)
+    fetch_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
 
 
 def run_swarm(spec: SwarmSpec) -> dict[str, Any]:
@@ -338,8 +344,8 @@ def run_swarm(spec: SwarmSpec) -> dict[str, Any]:
             fetch_args += ["--tracker", tracker_url, "--listen", f"{HOST}:{fetcher_ports[i]}"]
             if spec.keep_seeding:
                 fetch_args.append("--keep-seeding")
-            fetch_args.append("--json")
-            fetchers.append(Proc(f"fetch{i}", thetadist_argv(*fetch_args), logs))
+            fetch_args += [*spec.fetch_args, "--json"]
+            fetchers.append(Proc(f"fetch{i}", thetadist_argv(*fetch_args), logs, spec.env))
         procs.extend(fetchers)
 
         def announced(proc: Proc) -> bool:
@@ -364,7 +370,8 @@ def run_swarm(spec: SwarmSpec) -> dict[str, Any]:
             seed_args += ["--max-upload-rate", spec.max_upload_rate]
         if spec.super_seed:
             seed_args.append("--super-seed")
-        seeder = Proc("seeder", thetadist_argv(*seed_args), logs)
+        seed_args += spec.seed_args
+        seeder = Proc("seeder", thetadist_argv(*seed_args), logs, spec.env)
         procs.append(seeder)
 
         def seeder_listening() -> bool:

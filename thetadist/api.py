@@ -23,6 +23,7 @@ import trio
 from thetadist.errors import StoreError, TransportError
 from thetadist.events import DownloadComplete, Event, EventCallback, ignore_event
 from thetadist.manifest.model import Manifest
+from thetadist.net.payments import Payments
 from thetadist.net.source import DirectorySource, StoreSource
 from thetadist.net.swarm import Address, Swarm, SwarmConfig
 from thetadist.store import PieceStore
@@ -87,6 +88,7 @@ async def fetch(
     keep_seeding: bool = False,
     on_event: EventCallback = ignore_event,
     peer_id: bytes | None = None,
+    payments: Payments | None = None,
     task_status: trio.TaskStatus[FetchResult] = trio.TASK_STATUS_IGNORED,
 ) -> FetchResult:
     """Assemble ``out_dir`` from local pieces first, then from the swarm, verifying all.
@@ -137,6 +139,7 @@ async def fetch(
             bytes_present=store.bytes_present,
             on_event=on_event,
             peer_id=peer_id,
+            payments=payments,
         )
         result.bytes_from_peers = swarm.totals.downloaded_by_peer
         result.uploaded_to_peers = swarm.totals.uploaded_by_peer
@@ -174,6 +177,7 @@ async def seed(
     config: SwarmConfig | None = None,
     on_event: EventCallback = ignore_event,
     peer_id: bytes | None = None,
+    payments: Payments | None = None,
     task_status: trio.TaskStatus[Swarm] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``directory`` (a build described by ``manifest``) until cancelled.
@@ -188,7 +192,9 @@ async def seed(
     source = await trio.to_thread.run_sync(DirectorySource, manifest, Path(directory))
     if source.pieces_available == 0 and manifest.pieces:
         raise StoreError(f"{os.fspath(directory)!r} holds none of the manifest's files")
-    swarm = Swarm(manifest, source, config=config, on_event=on_event, peer_id=peer_id)
+    swarm = Swarm(
+        manifest, source, config=config, on_event=on_event, peer_id=peer_id, payments=payments
+    )
     swarm.download_complete.set()
     async with trio.open_nursery() as nursery:
         await nursery.start(swarm.run, list(peers), list(trackers))

@@ -172,3 +172,46 @@ class DownloadComplete(Event):
     kind: ClassVar[str] = "complete"
     bytes_total: int
     seconds: float
+
+
+@dataclass(frozen=True)
+class VoucherSigned(Event):
+    """A fetcher paid a peer for a verified piece (recorded in its ledger, then sent)."""
+
+    kind: ClassVar[str] = "voucher_signed"
+    peer: str
+    piece: int
+    bytes: int
+    amount_wei: int
+    cumulative_wei: int
+
+
+@dataclass(frozen=True)
+class VoucherReceived(Event):
+    """A seeder received, verified and recorded a voucher."""
+
+    kind: ClassVar[str] = "voucher_received"
+    peer: str
+    payer: str
+    amount_wei: int
+    cumulative_wei: int
+
+
+@dataclass(frozen=True)
+class PaymentDeclined(Event):
+    """A fetcher will not pay this peer (too dear, another chain, no wallet, out of funds),
+    so it requests nothing from it."""
+
+    kind: ClassVar[str] = "payment_declined"
+    peer: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class PaymentRefused(Event):
+    """A seeder stopped serving a payer (behind by a credit window, pool short, unlocking,
+    flagged, or a forged voucher)."""
+
+    kind: ClassVar[str] = "payment_refused"
+    peer: str
+    reason: str

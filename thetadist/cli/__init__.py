@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from thetadist.cli import demo, fetch, keys, manifest, seed, tracker
+from thetadist.cli import chain, demo, fetch, keys, manifest, seed, tickets, tracker, wallet
 from thetadist.cli.output import Output
 from thetadist.errors import ThetadistError
 
@@ -23,6 +23,11 @@ app = typer.Typer(
 )
 app.add_typer(manifest.app, name="manifest")
 app.add_typer(keys.app, name="keys")
+app.add_typer(wallet.app, name="wallet")
+app.add_typer(chain.contract_app, name="contract")
+app.add_typer(chain.pool_app, name="pool")
+app.add_typer(chain.earnings_app, name="earnings")
+app.add_typer(tickets.app, name="tickets")
 app.command(name="fetch")(fetch.fetch)
 app.command(name="seed")(seed.seed)
 app.command(name="tracker")(tracker.tracker)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated
 
@@ -11,17 +12,32 @@ import typer
 
 from thetadist.api import FetchResult
 from thetadist.api import fetch as fetch_build
+from thetadist.cli.chain import ConfigOption, ContractOption, RpcOption, WalletOption
 from thetadist.cli.common import JsonOption, TrustOption, load_manifest, swarm_config
 from thetadist.cli.output import Output
+from thetadist.cli.paying import (
+    DEFAULT_CREDIT_WINDOW_TEXT,
+    CreditWindowOption,
+    FreeOption,
+    LedgerOption,
+    MaxPriceOption,
+    PaymentTally,
+    PriceOption,
+    set_up_payments,
+)
 from thetadist.cli.runner import run_until_signal
 from thetadist.errors import Interrupted, ThetadistError
 from thetadist.events import (
     ChunksCopied,
     DownloadComplete,
     Event,
+    PaymentDeclined,
     PieceStored,
     SwarmProgress,
 )
+from thetadist.manifest.model import Manifest
+from thetadist.net.payments import Payments
+from thetadist.net.swarm import Address, SwarmConfig
 from thetadist.tracker.hostport import parse_hostport
 
 
@@ -59,22 +75,82 @@ def fetch(
     ] = "0",
     max_download_rate: Annotated[str, typer.Option(metavar="RATE")] = "0",
     max_peers: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
+    wallet: WalletOption = None,
+    max_price: MaxPriceOption = None,
+    price: PriceOption = None,
+    credit_window: CreditWindowOption = DEFAULT_CREDIT_WINDOW_TEXT,
+    free: FreeOption = False,
+    rpc: RpcOption = None,
+    contract: ContractOption = None,
+    config_file: ConfigOption = None,
+    ledger: LedgerOption = None,
     trust: TrustOption = None,
     json_mode: JsonOption = False,
 ) -> None:
-    """Fetch MANIFEST into OUT: local pieces first, the rest from peers, all verified."""
+    """Fetch MANIFEST into OUT: local pieces first, the rest from peers, all verified.
+
+    With --wallet and --max-price, pays each peer that charges (at most --max-price per MiB)
+    one voucher per verified piece; without them, only free peers are used."""
     out = Output(json_mode)
     manifest = load_manifest(manifest_file, trust)
     config = swarm_config(listen, max_upload_rate, max_download_rate, max_peers)
     peer_addresses = [parse_hostport(text) for text in peers or []]
     started = time.perf_counter()
     done: dict[str, float] = {}
+    tally = PaymentTally()
+    resources = ExitStack()
+    with resources:
+        payments = set_up_payments(
+            resources,
+            free=free,
+            price=price,
+            credit_window=credit_window,
+            wallet=wallet,
+            max_price=max_price,
+            rpc=rpc,
+            contract=contract,
+            config=config_file,
+            ledger=ledger,
+        )
+        _fetch(
+            out,
+            manifest,
+            output,
+            peer_addresses,
+            trackers,
+            sources,
+            config,
+            keep_seeding,
+            payments,
+            tally,
+            started,
+            done,
+        )
+
+
+def _fetch(
+    out: Output,
+    manifest: Manifest,
+    output: Path,
+    peer_addresses: list[Address],
+    trackers: list[str] | None,
+    sources: list[Path] | None,
+    config: SwarmConfig,
+    keep_seeding: bool,
+    payments: Payments | None,
+    tally: PaymentTally,
+    started: float,
+    done: dict[str, float],
+) -> None:
 
     by_source: dict[str, int] = {}
 
     def on_event(event: Event) -> None:
         out.event(event)
-        if isinstance(event, ChunksCopied):
+        tally.count(event)
+        if isinstance(event, PaymentDeclined):
+            out.note(f"not paying {event.peer}: {event.reason}")
+        elif isinstance(event, ChunksCopied):
             out.advance(event.bytes)
             key = f"local {event.source}"
             by_source[key] = by_source.get(key, 0) + event.bytes
@@ -102,6 +178,7 @@ def fetch(
                 config=config,
                 keep_seeding=keep_seeding,
                 on_event=on_event,
+                payments=payments,
                 task_status=task_status,
             )
 
@@ -118,6 +195,7 @@ def fetch(
             )
         raise ThetadistError("fetch ended without completing")  # unreachable without a bug
     summary = _summary(manifest.id_hex, output, result)
+    summary.update(tally.summary(payments))
     summary["seconds_total"] = round(time.perf_counter() - started, 3)
     out.summary(summary, "fetch")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated
 
@@ -10,11 +11,30 @@ import trio
 import typer
 
 from thetadist.api import seed as seed_build
+from thetadist.cli.chain import ConfigOption, ContractOption, RpcOption, WalletOption
 from thetadist.cli.common import JsonOption, TrustOption, load_manifest, swarm_config
 from thetadist.cli.output import Output
+from thetadist.cli.paying import (
+    DEFAULT_CREDIT_WINDOW_TEXT,
+    CreditWindowOption,
+    FreeOption,
+    LedgerOption,
+    PaymentTally,
+    PriceOption,
+    set_up_payments,
+)
 from thetadist.cli.runner import run_until_signal
-from thetadist.events import Event, Listening, PeerBanned, PeerConnected, SwarmProgress
-from thetadist.net.swarm import Swarm
+from thetadist.events import (
+    Event,
+    Listening,
+    PaymentRefused,
+    PeerBanned,
+    PeerConnected,
+    SwarmProgress,
+)
+from thetadist.manifest.model import Manifest
+from thetadist.net.payments import Payments
+from thetadist.net.swarm import Address, Swarm, SwarmConfig
 from thetadist.tracker.hostport import parse_hostport
 
 
@@ -46,25 +66,67 @@ def seed(
             "--super-seed", help="Upload each piece once while others are missing (origin mode)."
         ),
     ] = False,
+    price: PriceOption = None,
+    credit_window: CreditWindowOption = DEFAULT_CREDIT_WINDOW_TEXT,
+    free: FreeOption = False,
+    wallet: WalletOption = None,
+    rpc: RpcOption = None,
+    contract: ContractOption = None,
+    config_file: ConfigOption = None,
+    ledger: LedgerOption = None,
     trust: TrustOption = None,
     json_mode: JsonOption = False,
 ) -> None:
-    """Serve DIR, described by --manifest, to peers; every piece is verified as it is read."""
+    """Serve DIR, described by --manifest, to peers; every piece is verified as it is read.
+
+    With --price, peers pay per MiB with vouchers (recorded in the ledger; redeem them with
+    `thetadist tickets redeem`)."""
     out = Output(json_mode)
     manifest = load_manifest(manifest_file, trust)
+    resources = ExitStack()
     config = swarm_config(listen, max_upload_rate, "0", max_peers, super_seed=super_seed)
     peer_addresses = [parse_hostport(text) for text in peers or []]
     started = time.perf_counter()
+    with resources:
+        payments = set_up_payments(
+            resources,
+            free=free,
+            price=price,
+            credit_window=credit_window,
+            wallet=wallet,
+            max_price=None,
+            rpc=rpc,
+            contract=contract,
+            config=config_file,
+            ledger=ledger,
+        )
+        _serve(out, manifest, directory, config, trackers, peer_addresses, payments, started)
+
+
+def _serve(
+    out: Output,
+    manifest: Manifest,
+    directory: Path,
+    config: SwarmConfig,
+    trackers: list[str] | None,
+    peer_addresses: list[Address],
+    payments: Payments | None,
+    started: float,
+) -> None:
+    tally = PaymentTally()
 
     def on_event(event: Event) -> None:
         out.event(event)
+        tally.count(event)
         if isinstance(event, Listening):
             out.note(
                 f"seeding {manifest.name} {manifest.version} on {event.host}:{event.port} "
                 f"(info-hash {manifest.info_hash.hex()}); Ctrl-C to stop"
             )
-        elif isinstance(event, PeerConnected | PeerBanned):
-            out.note(f"{event.kind.replace('_', ' ')}: {event.peer}")
+        elif isinstance(event, PeerConnected):
+            out.note(f"peer connected: {event.peer}")
+        elif isinstance(event, PeerBanned | PaymentRefused):
+            out.note(f"{event.kind.replace('_', ' ')}: {event.peer} ({event.reason})")
         elif isinstance(event, SwarmProgress):
             out.describe(f"seeding · {event.peers} peers · ↑ {event.upload_rate / 1e6:.1f} MB/s")
             out.advance(event.uploaded - uploaded_shown[0])
@@ -85,6 +147,7 @@ def seed(
                         peers=peer_addresses,
                         config=config,
                         on_event=on_event,
+                        payments=payments,
                         task_status=task_status,
                     )
                 )
@@ -98,6 +161,7 @@ def seed(
             "port": live[0].port if live else None,
             "uploaded_bytes": totals.uploaded if totals else 0,
             "uploaded_by_peer": dict(totals.uploaded_by_peer) if totals else {},
+            **tally.summary(payments),
             "seconds": round(time.perf_counter() - started, 3),
         },
         "seed",

@@ -351,14 +351,28 @@ class Manifest:
 
     def check_piece(self, piece: Piece, data: bytes | bytearray | memoryview) -> None:
         """Raise :class:`IntegrityError` unless ``data`` is exactly the piece's chunks."""
+        self.check_run(piece, 0, piece.chunk_count, data)
+
+    def check_run(
+        self,
+        piece: Piece,
+        first_chunk: int,
+        chunk_count: int,
+        data: bytes | bytearray | memoryview,
+    ) -> None:
+        """Raise :class:`IntegrityError` unless ``data`` is exactly chunks ``first_chunk`` to
+        ``first_chunk + chunk_count`` of the piece."""
         view = memoryview(data).cast("B")
-        if len(view) != piece.size:
-            raise IntegrityError(
-                f"piece {piece.index} has {len(view)} bytes, the manifest says {piece.size}"
-            )
         sizes, digests = self.chunk_sizes, self.chunk_digests
+        start = piece.first_chunk + first_chunk
+        expected = sum(sizes[start : start + chunk_count])
+        if len(view) != expected:
+            raise IntegrityError(
+                f"piece {piece.index} chunks {first_chunk}+{chunk_count} have {len(view)} "
+                f"bytes, the manifest says {expected}"
+            )
         offset = 0
-        for chunk in range(piece.first_chunk, piece.first_chunk + piece.chunk_count):
+        for chunk in range(start, start + chunk_count):
             size = sizes[chunk]
             if (
                 blake3.blake3(view[offset : offset + size]).digest()

@@ -29,6 +29,7 @@ import trio
 
 from thetadist.errors import (
     IntegrityError,
+    InvalidTicket,
     PeerTimeout,
     RemoteProtocolError,
     StoreError,
@@ -38,6 +39,8 @@ from thetadist.errors import (
 from thetadist.events import (
     EventCallback,
     Listening,
+    PaymentDeclined,
+    PaymentRefused,
     PeerBanned,
     PeerConnected,
     PeerDisconnected,
@@ -48,6 +51,7 @@ from thetadist.events import (
     ignore_event,
 )
 from thetadist.manifest.model import Manifest
+from thetadist.net.payments import PayeeLink, PayerLink, Payments, PaymentStopped
 from thetadist.net.source import PieceSource
 from thetadist.store import PieceStore
 from thetadist.swarm.picker import PiecePicker
@@ -58,6 +62,7 @@ from thetadist.wire import (
     NEED_DATA,
     Bitfield,
     Cancel,
+    Capability,
     ChunkRun,
     ConnectionClosed,
     Goodbye,
@@ -70,6 +75,7 @@ from thetadist.wire import (
     Reject,
     RejectReason,
     Request,
+    Voucher,
     piece_frame_size,
 )
 
@@ -163,6 +169,12 @@ class PeerSession:
         self._last_sent = trio.current_time()
         self._nursery: trio.Nursery | None = None
         self._end_reason: str | None = None
+        #: Charging this peer (we are its seeder and ask a price).
+        self.payee_link: PayeeLink | None = None
+        #: Paying this peer (it charges and we accepted its terms).
+        self.payer_link: PayerLink | None = None
+        #: Why we will not pay this peer: we request nothing from it.
+        self.declined: str | None = None
 
     # ------------------------------------------------------------------ life cycle
 
@@ -173,6 +185,8 @@ class PeerSession:
                 nursery.start_soon(self._guarded, self._main)
                 nursery.start_soon(self._guarded, self._writer)
         finally:
+            if self.payer_link is not None:
+                self.payer_link.close()
             self.swarm.session_ended(self, self._end_reason or "closed")
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await self.stream.aclose()
@@ -204,6 +218,7 @@ class PeerSession:
             self.label = f"{host}:{first.listen_port}"
         self.swarm.session_established(self)
         self.established = True
+        self._set_up_payments(first)
         self._receive_view = memoryview(bytearray(RECEIVE_SIZE))
         self.send(Bitfield(self.swarm.source.bitfield()))
         assert self._nursery is not None
@@ -214,6 +229,17 @@ class PeerSession:
             if isinstance(event, ConnectionClosed):
                 return
             await self._handle(event)
+
+    def _set_up_payments(self, their: Handshake) -> None:
+        payments = self.swarm.payments
+        if payments is None:
+            return
+        self.payee_link = payments.payee_link(self)
+        try:
+            self.payer_link = payments.payer_link(self, their, self.swarm.emit)
+        except PaymentStopped as exc:
+            self.declined = str(exc)
+            self.swarm.emit(PaymentDeclined(self.label, self.declined))
 
     async def _next_event(self, timeout: float) -> object:
         conn = self.conn
@@ -259,8 +285,20 @@ class PeerSession:
                 self._nursery.start_soon(self._store, event)
             case Reject():
                 swarm.on_reject(self, event)
+            case Voucher(payload=payload):
+                self._on_voucher(payload)
             case Goodbye(reason=reason, text=text):
                 raise _Dropped(f"peer said goodbye ({reason}: {text})")
+
+    def _on_voucher(self, payload: bytes) -> None:
+        if self.payee_link is None:
+            return  # we charge nothing; a voucher is the peer's gift to nobody
+        try:
+            received = self.payee_link.on_voucher(payload)
+        except InvalidTicket as exc:
+            self.swarm.emit(PaymentRefused(self.label, f"bad voucher: {exc}"))
+            raise _Dropped(f"bad voucher: {exc}") from None
+        self.swarm.emit(received)
 
     def _join(self, pieces: Sequence[int]) -> None:
         for piece in pieces:
@@ -341,6 +379,12 @@ class PeerSession:
                 payload = payload[
                     start : start + sum(sizes[run.first_chunk : run.first_chunk + run.chunk_count])
                 ]
+            if self.payee_link is not None:
+                try:
+                    await self.payee_link.clearance(len(payload))
+                except PaymentStopped as exc:
+                    swarm.emit(PaymentRefused(self.label, str(exc)))
+                    raise _Dropped(str(exc)) from None
             delay = swarm.upload_bucket.reserve(len(payload), trio.current_time())
             if delay > 0:
                 await trio.sleep(delay)
@@ -360,7 +404,12 @@ class PeerSession:
 
     def fill_pipeline(self) -> None:
         picker = self.swarm.picker
-        if picker is None or not self.joined or self._end_reason is not None:
+        if (
+            picker is None
+            or not self.joined
+            or self.declined is not None
+            or self._end_reason is not None
+        ):
             return
         for run in picker.pick(self.peer_id, trio.current_time()):
             self.send(Request(*run))
@@ -380,8 +429,10 @@ class Swarm:
         bytes_present: int = 0,
         on_event: EventCallback = ignore_event,
         peer_id: bytes | None = None,
+        payments: Payments | None = None,
     ) -> None:
         self.manifest = manifest
+        self.payments = payments
         self.source = source
         self.config = config or SwarmConfig()
         self.store = store
@@ -417,10 +468,15 @@ class Swarm:
         self._writes_in_flight = 0
 
     def _make_handshake(self) -> Handshake:
+        payments = self.payments
+        terms = payments.terms if payments is not None else None
+        pays = payments is not None and payments.payer is not None
         return Handshake(
             manifest_id=self.manifest.id,
             peer_id=self.peer_id,
             listen_port=self.port,
+            capabilities=Capability.VOUCHERS if terms is not None or pays else 0,
+            payment_terms=terms,
             max_frame=self._max_frame,
             max_outstanding_requests=self.config.max_outstanding_requests,
         )
@@ -619,7 +675,7 @@ class Swarm:
         self._all_sessions.discard(session)
         if session.established and self.sessions.get(session.peer_id) is session:
             del self.sessions[session.peer_id]
-            if self.picker is not None and session.joined:
+            if self.picker is not None and session.joined and session.declined is None:
                 self.picker.peer_left(session.peer_id)
                 for other in list(self.sessions.values()):
                     other.fill_pipeline()
@@ -627,7 +683,7 @@ class Swarm:
             self.emit(PeerDisconnected(session.label, reason, session.downloaded, session.uploaded))
 
     def on_joined(self, session: PeerSession, pieces: Sequence[int]) -> None:
-        if self.picker is not None:
+        if self.picker is not None and session.declined is None:
             self.picker.peer_joined(
                 session.peer_id,
                 pieces,
@@ -641,6 +697,7 @@ class Swarm:
         if (
             self.picker is not None
             and self.fetching
+            and session.declined is None
             and self.picker.peer_has(session.peer_id, piece)
         ):
             session.fill_pipeline()
@@ -648,6 +705,8 @@ class Swarm:
     def on_request(self, session: PeerSession, run: ChunkRun) -> None:
         if not self.source.has_piece(run.piece):
             session.send(Reject(*run, RejectReason.NOT_AVAILABLE))
+        elif session.payee_link is not None and not session.payee_link.peer_pays:
+            session.send(Reject(*run, RejectReason.PAYMENT_REQUIRED))
         elif not self.reject_if_held_back(session, run):
             session.queue_upload(run)
 
@@ -684,7 +743,11 @@ class Swarm:
     def on_reject(self, session: PeerSession, reject: Reject) -> None:
         if self.picker is None:
             return
-        lacks = reject.reason in (RejectReason.NOT_AVAILABLE, RejectReason.BUSY)
+        lacks = reject.reason in (
+            RejectReason.NOT_AVAILABLE,
+            RejectReason.BUSY,
+            RejectReason.PAYMENT_REQUIRED,
+        )
         self.picker.on_rejected(
             session.peer_id, reject.run, trio.current_time(), peer_lacks_piece=lacks
         )
@@ -697,12 +760,23 @@ class Swarm:
         run = piece.run
         now = trio.current_time()
         self._writes_in_flight += 1
+        # The store skips (without hashing) a piece already present when the write starts.
+        unverified_twin = store.has_piece(run.piece)
         try:
             if run.first_chunk == 0 and run.chunk_count == self._pieces[run.piece].chunk_count:
                 stored = await store.write_piece(run.piece, piece.data, source=session.label)
             else:  # the rest of a piece whose other chunks were found locally
                 stored = await store.write_run(
                     run.piece, run.first_chunk, piece.data, source=session.label
+                )
+            if unverified_twin and session.payer_link is not None:
+                # an endgame twin the store skipped: never pay for bytes nobody checked
+                await trio.to_thread.run_sync(
+                    self.manifest.check_run,
+                    self._pieces[run.piece],
+                    run.first_chunk,
+                    run.chunk_count,
+                    piece.data,
                 )
         except IntegrityError as exc:
             picker.on_failed(session.peer_id, run, now)
@@ -724,6 +798,13 @@ class Swarm:
             other = self.sessions.get(other_id)
             if other is not None and other_run in other.conn.requests_sent:
                 other.send(Cancel(*other_run))
+        payment_stopped = None
+        if session.payer_link is not None:
+            try:
+                session.payer_link.pay_for(run.piece, size)
+            except PaymentStopped as exc:
+                payment_stopped = str(exc)
+                self.emit(PaymentDeclined(session.label, payment_stopped))
         if stored:
             self.bytes_done = store.bytes_present
             # Seeds get HAVEs too: a super-seeding origin learns where its pieces went.
@@ -736,8 +817,10 @@ class Swarm:
             if self._writes_in_flight == 0:
                 self.download_complete.set()
                 self.done.set()
-        else:
+        elif payment_stopped is None:
             session.fill_pipeline()
+        if payment_stopped is not None:
+            raise _Dropped(f"payment stopped: {payment_stopped}")
 
     def ban(self, session: PeerSession, reason: str) -> None:
         if session.peer_id in self.banned_ids:

@@ -1,0 +1,211 @@
+"""Paid swarms over real loopback TCP in one process: real vouchers, real SQLite ledgers; the
+chain is a stand-in pool table here (tests/test_pay_e2e.py runs the same against anvil)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import pytest
+import trio
+
+import thetadist
+from thetadist.events import Event, PaymentDeclined, PaymentRefused, VoucherSigned
+from thetadist.net.payments import Payee, Payer, Payments
+from thetadist.pay.accounts import Budget, price_of
+from thetadist.pay.ledger import Role, VoucherLedger
+from thetadist.pay.voucher import Domain, VoucherSigner, address_of
+from thetadist.sample import write_sample_builds
+
+DOMAIN = Domain(31337, bytes.fromhex("5fbdb2315678afecb367f032d93f642f64180aa3"))
+PRICE = 1_000_000_000  # wei per MiB
+
+
+@dataclass(frozen=True)
+class Pool:
+    deposit: int
+    epoch: int = 0
+    unlock_at: int = 0
+    flagged: bool = False
+
+
+def payer_for(ledger: VoucherLedger, deposit: int, *, max_price: int = PRICE) -> Payer:
+    signer = VoucherSigner(os.urandom(32), DOMAIN)
+    return Payer(ledger, signer, 0, Budget(deposit), max_price)
+
+
+def payee_for(ledger: VoucherLedger, pools: dict[bytes, Pool], **kwargs: int) -> Payee:
+    from coincurve import PrivateKey
+
+    address = address_of(PrivateKey(os.urandom(32)).public_key)
+    return Payee(ledger, DOMAIN, address, PRICE, pools.__getitem__, **kwargs)
+
+
+async def run_pair(
+    tmp_path: Path,
+    payee: Payee | None,
+    payer: Payer | None,
+    *,
+    free_seeder: bool = False,
+    timeout: float = 60,
+) -> tuple[thetadist.FetchResult, list[Event], list[Event]]:
+    _, v2 = write_sample_builds(tmp_path)
+    manifest = thetadist.create_manifest(v2)
+    seeder_events: list[Event] = []
+    fetcher_events: list[Event] = []
+    with trio.fail_after(timeout):
+        async with trio.open_nursery() as nursery:
+            origin = await nursery.start(
+                partial(
+                    thetadist.seed,
+                    manifest,
+                    v2,
+                    listen=("127.0.0.1", 0),
+                    payments=Payments(payee=payee),
+                    on_event=seeder_events.append,
+                )
+            )
+            peers = [("127.0.0.1", origin.port)]
+            if free_seeder:
+                free = await nursery.start(
+                    partial(thetadist.seed, manifest, v2, listen=("127.0.0.1", 0))
+                )
+                peers.append(("127.0.0.1", free.port))
+            result = await nursery.start(
+                partial(
+                    thetadist.fetch,
+                    manifest,
+                    tmp_path / "out",
+                    peers=peers,
+                    payments=Payments(payer=payer),
+                    on_event=fetcher_events.append,
+                )
+            )
+            while not result.complete:
+                await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+    assert thetadist.verify_tree(manifest, tmp_path / "out").intact
+    return result, seeder_events, fetcher_events
+
+
+async def test_every_byte_from_a_paid_seeder_is_paid_for_exactly(tmp_path: Path) -> None:
+    pools: dict[bytes, Pool] = {}
+    with (
+        VoucherLedger(tmp_path / "seeder.sqlite") as seeder_ledger,
+        VoucherLedger(tmp_path / "fetcher.sqlite") as fetcher_ledger,
+    ):
+        payer = payer_for(fetcher_ledger, deposit=10**18)
+        pools[payer.signer.address] = Pool(deposit=10**18)
+        # A small credit window makes the seeder wait on vouchers and read the pool.
+        payee = payee_for(seeder_ledger, pools, credit_window=2 << 20)
+        result, seeder_events, fetcher_events = await run_pair(tmp_path, payee, payer)
+        downloaded = result.bytes_from_peers_total
+        assert downloaded > 0
+        owed = price_of(downloaded, PRICE)
+        signed = fetcher_ledger.latest(
+            Role.SIGNED, DOMAIN, payer.signer.address, payee.address, 0
+        )
+        received = seeder_ledger.latest(
+            Role.RECEIVED, DOMAIN, payer.signer.address, payee.address, 0
+        )
+        assert signed is not None and received is not None
+        assert signed.cumulative == received.cumulative == owed
+        assert fetcher_ledger.committed(DOMAIN, payer.signer.address, 0) == owed
+        vouchers = [e for e in fetcher_events if isinstance(e, VoucherSigned)]
+        assert sum(v.bytes for v in vouchers) == downloaded
+        # the audit log holds one row per voucher on each side
+        assert len(fetcher_ledger.entries(role=Role.SIGNED, limit=None)) == len(vouchers)
+        assert len(seeder_ledger.entries(role=Role.RECEIVED, limit=None)) == len(vouchers)
+        assert not [e for e in seeder_events if isinstance(e, PaymentRefused)]
+
+
+async def test_a_fetcher_never_promises_past_its_deposit(tmp_path: Path) -> None:
+    pools: dict[bytes, Pool] = {}
+    with (
+        VoucherLedger(tmp_path / "seeder.sqlite") as seeder_ledger,
+        VoucherLedger(tmp_path / "fetcher.sqlite") as fetcher_ledger,
+    ):
+        deposit = price_of(5 << 20, PRICE)  # enough for 5 MiB of a ~30 MiB build
+        payer = payer_for(fetcher_ledger, deposit=deposit)
+        # The seeder believes in a big pool: only the fetcher's own rule can stop it.
+        pools[payer.signer.address] = Pool(deposit=10**18)
+        payee = payee_for(seeder_ledger, pools, credit_window=2 << 20)
+        # The paid seeder stops being paid; a free seeder supplies the rest.
+        _, _, fetcher_events = await run_pair(tmp_path, payee, payer, free_seeder=True)
+        assert fetcher_ledger.committed(DOMAIN, payer.signer.address, 0) <= deposit
+        declined = [e for e in fetcher_events if isinstance(e, PaymentDeclined)]
+        assert any("deposit" in e.reason for e in declined)
+        received = seeder_ledger.latest(
+            Role.RECEIVED, DOMAIN, payer.signer.address, payee.address, 0
+        )
+        assert received is not None and received.cumulative <= deposit
+
+
+async def test_a_seeder_stops_serving_a_payer_whose_deposit_cannot_cover_it(
+    tmp_path: Path,
+) -> None:
+    pools: dict[bytes, Pool] = {}
+    with (
+        VoucherLedger(tmp_path / "seeder.sqlite") as seeder_ledger,
+        VoucherLedger(tmp_path / "fetcher.sqlite") as fetcher_ledger,
+    ):
+        deposit = price_of(5 << 20, PRICE)
+        payer = payer_for(fetcher_ledger, deposit=10**18)  # the payer thinks it is rich
+        pools[payer.signer.address] = Pool(deposit=deposit)
+        payee = payee_for(seeder_ledger, pools, credit_window=2 << 20)
+        _, seeder_events, _ = await run_pair(tmp_path, payee, payer, free_seeder=True)
+        refused = [e for e in seeder_events if isinstance(e, PaymentRefused)]
+        assert any("deposit" in e.reason for e in refused)
+        received = seeder_ledger.latest(
+            Role.RECEIVED, DOMAIN, payer.signer.address, payee.address, 0
+        )
+        assert received is not None and received.cumulative <= deposit
+
+
+async def test_a_seeder_asking_more_than_max_price_is_not_used(tmp_path: Path) -> None:
+    with (
+        VoucherLedger(tmp_path / "seeder.sqlite") as seeder_ledger,
+        VoucherLedger(tmp_path / "fetcher.sqlite") as fetcher_ledger,
+    ):
+        payer = payer_for(fetcher_ledger, deposit=10**18, max_price=PRICE - 1)
+        payee = payee_for(seeder_ledger, {})
+        result, seeder_events, fetcher_events = await run_pair(
+            tmp_path, payee, payer, free_seeder=True
+        )
+        assert [e for e in fetcher_events if isinstance(e, PaymentDeclined)]
+        assert not [e for e in fetcher_events if isinstance(e, VoucherSigned)]
+        assert seeder_ledger.entries(limit=None) == []
+
+
+async def test_a_fetcher_without_a_wallet_gets_nothing_from_a_paid_seeder(
+    tmp_path: Path,
+) -> None:
+    with VoucherLedger(tmp_path / "seeder.sqlite") as seeder_ledger:
+        payee = payee_for(seeder_ledger, {})
+        result, _, fetcher_events = await run_pair(tmp_path, payee, None, free_seeder=True)
+        by_peer = result.bytes_from_peers
+        assert len([v for v in by_peer.values() if v]) == 1, by_peer
+        assert any("wallet" in e.reason for e in fetcher_events if isinstance(e, PaymentDeclined))
+
+
+@pytest.mark.parametrize("pool", [Pool(10**18, unlock_at=1), Pool(10**18, flagged=True)])
+async def test_a_seeder_stops_serving_an_unlocking_or_flagged_payer(
+    tmp_path: Path, pool: Pool
+) -> None:
+    with (
+        VoucherLedger(tmp_path / "seeder.sqlite") as seeder_ledger,
+        VoucherLedger(tmp_path / "fetcher.sqlite") as fetcher_ledger,
+    ):
+        payer = payer_for(fetcher_ledger, deposit=10**18)
+        pools = {payer.signer.address: pool}
+        payee = payee_for(seeder_ledger, pools, credit_window=2 << 20)
+        result, seeder_events, _ = await run_pair(tmp_path, payee, payer, free_seeder=True)
+        refused = [e for e in seeder_events if isinstance(e, PaymentRefused)]
+        assert refused, "the seeder kept serving"
+        # it served at most the credit window (and the piece in flight) before refusing
+        received = seeder_ledger.latest(
+            Role.RECEIVED, DOMAIN, payer.signer.address, payee.address, 0
+        )
+        assert received is None or received.cumulative <= price_of((2 << 20) + (2 << 20), PRICE)

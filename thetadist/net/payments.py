@@ -1,0 +1,276 @@
+"""The Trio shell of per-piece payments: wires the sans-I/O accounts into peer sessions.
+
+``thetadist.pay.accounts`` decides (sign now? serve now? refuse?), ``thetadist.pay.ledger``
+remembers, the chain says what a payer's pool holds.  This module only moves those decisions
+in and out of :class:`thetadist.net.swarm.PeerSession`:
+
+* a node that charges (:class:`Payee`) puts its terms in the handshake, parks each upload until
+  its :class:`PayeeLink` clears it, persists each voucher before counting it, and reads payers'
+  pools from the chain through one cache (never per piece);
+* a node that pays (:class:`Payer`) checks each seeder's terms, signs one cumulative voucher per
+  verified piece and records it in its ledger before sending it; it never requests from a peer
+  it will not pay.
+
+One node may be both: a paying fetcher that also charges for what it relays.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import trio
+
+from thetadist.errors import ChainError, InsufficientFunds, PaymentError
+from thetadist.events import EventCallback, VoucherReceived, VoucherSigned
+from thetadist.pay.accounts import (
+    DEFAULT_CREDIT_WINDOW,
+    Action,
+    Budget,
+    PayeeSession,
+    PayerSession,
+    PoolView,
+    check_terms,
+)
+from thetadist.pay.ledger import Role, VoucherLedger
+from thetadist.pay.voucher import Domain, SignedVoucher, VoucherSigner, hex_address
+from thetadist.wire import Capability, Goodbye, GoodbyeReason, Handshake, PaymentTerms, Voucher
+
+if TYPE_CHECKING:
+    from thetadist.net.swarm import PeerSession
+
+#: A pool read that failed is retried after this long (the chain node may be restarting).
+POOL_RETRY = 2.0
+#: Longest a parked upload sleeps before asking its link again (timeouts are checked then).
+RECHECK = 1.0
+
+PoolReader = Callable[[bytes], PoolView]
+
+
+class PaymentStopped(Exception):
+    """Ends a session whose payments cannot go on; the message is the logged reason."""
+
+
+@dataclass
+class Payee:
+    """What a charging node needs: its terms, its ledger and a way to read payers' pools.
+
+    ``read_pool`` is blocking (a JSON-RPC call); it runs in a worker thread.
+    """
+
+    ledger: VoucherLedger
+    domain: Domain
+    address: bytes
+    price_per_mib: int
+    read_pool: PoolReader
+    credit_window: int = DEFAULT_CREDIT_WINDOW
+    pool_refresh: float = 30.0
+    _pools: dict[bytes, tuple[PoolView, float]] = field(default_factory=dict)
+    _reading: dict[bytes, trio.Event] = field(default_factory=dict)
+
+    @property
+    def terms(self) -> PaymentTerms:
+        return PaymentTerms(
+            self.address, self.price_per_mib, self.domain.chain_id, self.domain.contract
+        )
+
+    async def pool(self, payer: bytes) -> tuple[PoolView, float] | None:
+        """The payer's pool and when it was read, refreshed when older than ``pool_refresh``;
+        one read per payer at a time however many connections ask.  None when unreadable."""
+        cached = self._pools.get(payer)
+        now = trio.current_time()
+        if cached is not None and now - cached[1] < self.pool_refresh:
+            return cached
+        reading = self._reading.get(payer)
+        if reading is not None:
+            await reading.wait()
+            return self._pools.get(payer)
+        self._reading[payer] = reading = trio.Event()
+        try:
+            state = await trio.to_thread.run_sync(self.read_pool, payer)
+            self._pools[payer] = cached = (state, trio.current_time())
+        except ChainError:
+            pass  # keep the stale copy, if any; the link waits and asks again
+        finally:
+            del self._reading[payer]
+            reading.set()
+        return self._pools.get(payer)
+
+
+@dataclass
+class Payer:
+    """What a paying node needs: its signer, pool epoch, budget, price limit and ledger."""
+
+    ledger: VoucherLedger
+    signer: VoucherSigner
+    epoch: int
+    budget: Budget
+    max_price_per_mib: int
+    #: One live paying session per payee: two would sign overlapping cumulative amounts.
+    _active: set[bytes] = field(default_factory=set)
+
+    @property
+    def domain(self) -> Domain:
+        return self.signer.domain
+
+
+@dataclass
+class Payments:
+    """The payment roles of one swarm node: ``payee`` when it charges, ``payer`` when it pays."""
+
+    payee: Payee | None = None
+    payer: Payer | None = None
+
+    @property
+    def terms(self) -> PaymentTerms | None:
+        return self.payee.terms if self.payee is not None and self.payee.price_per_mib else None
+
+    def payee_link(self, session: PeerSession) -> PayeeLink | None:
+        if self.terms is None or self.payee is None:
+            return None
+        return PayeeLink(self.payee, session)
+
+    def payer_link(
+        self, session: PeerSession, their: Handshake, emit: EventCallback
+    ) -> PayerLink | None:
+        """The link that pays this peer, or None when it serves for free.  Raises
+        :class:`PaymentStopped` when it charges and we will not pay it (do not request)."""
+        terms = their.payment_terms
+        if terms is None or terms.price_per_mib_wei == 0:
+            return None
+        payer = self.payer
+        if payer is None:
+            raise PaymentStopped("charges for pieces and we have no wallet (fetch --wallet)")
+        try:
+            check_terms(
+                terms,
+                max_price_per_mib=payer.max_price_per_mib,
+                chain_id=payer.domain.chain_id,
+                contract=payer.domain.contract,
+            )
+        except PaymentError as exc:
+            raise PaymentStopped(str(exc)) from None
+        if terms.payee in payer._active:
+            raise PaymentStopped(f"already paying {hex_address(terms.payee)} on another connection")
+        return PayerLink(payer, terms, session, emit)
+
+
+class PayerLink:
+    """Pays one seeder: a voucher after each verified piece, recorded before it is sent."""
+
+    def __init__(
+        self, payer: Payer, terms: PaymentTerms, session: PeerSession, emit: EventCallback
+    ) -> None:
+        self.payer = payer
+        self.session = session
+        self.emit = emit
+        self.payee = terms.payee
+        previous = payer.ledger.latest(
+            Role.SIGNED, payer.domain, payer.signer.address, terms.payee, payer.epoch
+        )
+        self.accounts = PayerSession(
+            payer.signer,
+            terms.payee,
+            terms.price_per_mib_wei,
+            payer.epoch,
+            previous.cumulative if previous is not None else 0,
+            payer.budget,
+        )
+        payer._active.add(terms.payee)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self.payer._active.discard(self.payee)
+
+    def pay_for(self, piece: int, nbytes: int) -> None:
+        """Call only after the piece verified.  Sign, record, then send; raises
+        :class:`PaymentStopped` when the deposit cannot pay (nothing is signed then)."""
+        with self._lock:  # keeps sign → record → send in cumulative order
+            try:
+                signed = self.accounts.on_verified(nbytes)
+            except InsufficientFunds as exc:
+                raise PaymentStopped(str(exc)) from None
+            if signed is None:
+                return
+            step = self.payer.ledger.record_signed(
+                self.payer.domain, signed, piece=piece, nbytes=nbytes
+            )
+            self.session.send(Voucher(signed.encode()))
+        self.emit(VoucherSigned(self.session.label, piece, nbytes, step, signed.cumulative))
+
+
+class PayeeLink:
+    """Charges one peer: clears each upload against the vouchers it has sent."""
+
+    def __init__(self, payee: Payee, session: PeerSession) -> None:
+        self.payee = payee
+        self.session = session
+        self.accounts = PayeeSession(
+            payee.domain,
+            payee.address,
+            payee.price_per_mib,
+            credit_window=payee.credit_window,
+            pool_refresh=payee.pool_refresh,
+        )
+        self._changed = trio.Event()
+
+    @property
+    def peer_pays(self) -> bool:
+        """Whether the peer offered vouchers in its handshake (else it is never served)."""
+        their = self.session.conn.their_handshake
+        return their is not None and bool(their.capabilities & Capability.VOUCHERS)
+
+    async def clearance(self, nbytes: int) -> None:
+        """Return when ``nbytes`` may be sent to the peer now (and count them as served);
+        raise :class:`PaymentStopped` when the peer is refused."""
+        accounts = self.accounts
+        while True:
+            now = trio.current_time()
+            if accounts.needs_pool(now):
+                await self._read_pool()
+                now = trio.current_time()
+            decision = accounts.decide(nbytes, now)
+            if decision.action is Action.SERVE:
+                return
+            if decision.action is Action.REFUSE:
+                self.session.send(Goodbye(GoodbyeReason.PAYMENT_REQUIRED, decision.reason[:200]))
+                raise PaymentStopped(f"refused: {decision.reason}")
+            self._changed = trio.Event()
+            with trio.move_on_after(RECHECK):
+                await self._changed.wait()
+
+    async def _read_pool(self) -> None:
+        payer = self.accounts.payer
+        if payer is None:
+            return
+        found = await self.payee.pool(payer)
+        if found is None:
+            await trio.sleep(POOL_RETRY)
+            return
+        state, read_at = found
+        self.accounts.set_pool(state, read_at)
+
+    def on_voucher(self, payload: bytes) -> VoucherReceived:
+        """Verify, persist, then count a voucher; raises :class:`InvalidTicket` (drop the
+        peer) for anything forged, misaddressed or replayed."""
+        accounts = self.accounts
+        ledger, domain = self.payee.ledger, self.payee.domain
+        signed = SignedVoucher.decode(payload)
+        if accounts.payer is None:
+            previous = ledger.latest(
+                Role.RECEIVED, domain, signed.payer, self.payee.address, signed.epoch
+            )
+            accounts.bind(
+                signed,
+                previous=previous.cumulative if previous is not None else 0,
+                redeemed=ledger.redeemed(domain, signed.payer, self.payee.address, signed.epoch),
+            )
+        accounts.accept(signed)  # a replayed or lower voucher raises InvalidTicket here
+        step = ledger.record_received(domain, signed)  # persisted before it counts
+        accounts.credit(signed)
+        self._changed.set()
+        return VoucherReceived(
+            self.session.label, hex_address(signed.payer), step, signed.cumulative
+        )
