@@ -69,8 +69,15 @@ async def run_pair(
             )
             peers = [("127.0.0.1", origin.port)]
             if free_seeder:
+                # capped, so the paid seeder gets asked for a good share of the pieces
                 free = await nursery.start(
-                    partial(thetadist.seed, manifest, v2, listen=("127.0.0.1", 0))
+                    partial(
+                        thetadist.seed,
+                        manifest,
+                        v2,
+                        listen=("127.0.0.1", 0),
+                        config=thetadist.SwarmConfig(max_upload_rate=10_000_000),
+                    )
                 )
                 peers.append(("127.0.0.1", free.port))
             result = await nursery.start(
@@ -171,9 +178,7 @@ async def test_a_seeder_asking_more_than_max_price_is_not_used(tmp_path: Path) -
     ):
         payer = payer_for(fetcher_ledger, deposit=10**18, max_price=PRICE - 1)
         payee = payee_for(seeder_ledger, {})
-        result, seeder_events, fetcher_events = await run_pair(
-            tmp_path, payee, payer, free_seeder=True
-        )
+        _, _, fetcher_events = await run_pair(tmp_path, payee, payer, free_seeder=True)
         assert [e for e in fetcher_events if isinstance(e, PaymentDeclined)]
         assert not [e for e in fetcher_events if isinstance(e, VoucherSigned)]
         assert seeder_ledger.entries(limit=None) == []
@@ -201,7 +206,7 @@ async def test_a_seeder_stops_serving_an_unlocking_or_flagged_payer(
         payer = payer_for(fetcher_ledger, deposit=10**18)
         pools = {payer.signer.address: pool}
         payee = payee_for(seeder_ledger, pools, credit_window=2 << 20)
-        result, seeder_events, _ = await run_pair(tmp_path, payee, payer, free_seeder=True)
+        _, seeder_events, _ = await run_pair(tmp_path, payee, payer, free_seeder=True)
         refused = [e for e in seeder_events if isinstance(e, PaymentRefused)]
         assert refused, "the seeder kept serving"
         # it served at most the credit window (and the piece in flight) before refusing

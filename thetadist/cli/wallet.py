@@ -32,6 +32,8 @@ from thetadist.pay.wallet import (
 #: the new wallet's.
 SOURCE_PASSPHRASE_ENV = "THETADIST_SOURCE_PASSPHRASE"
 
+DEFAULT_WALLET_TEXT = "$THETADIST_WALLET or ~/.config/thetadist/wallet.json"
+
 app = typer.Typer(help="The wallet that pays for pieces or earns from them.", no_args_is_help=True)
 
 OutputOption = Annotated[
@@ -40,13 +42,21 @@ OutputOption = Annotated[
         "-o",
         "--output",
         metavar="FILE",
-        help="Wallet file to write "
-        "[default: $THETADIST_WALLET or ~/.config/thetadist/wallet.json].",
+        help="Wallet file to write.",
+        show_default=DEFAULT_WALLET_TEXT,
     ),
 ]
 ForceOption = Annotated[
     bool, typer.Option("--force", help="Replace an existing wallet file (its key is lost).")
 ]
+
+
+def _target(output: Path | None, force: bool) -> Path:
+    """Where to write; refused before any prompt when a wallet is already there."""
+    path = output or default_wallet_path()
+    if path.exists() and not force:
+        raise UsageError(f"wallet {str(path)!r} already exists; not overwriting (see --force)")
+    return path
 
 
 def _new_passphrase() -> str:
@@ -64,7 +74,7 @@ def new(
     output: OutputOption = None, force: ForceOption = False, json_mode: JsonOption = False
 ) -> None:
     """Create a wallet with a new random key (file mode 0600) and print its address."""
-    path = output or default_wallet_path()
+    path = _target(output, force)
     address = create_wallet(path, _new_passphrase(), overwrite=force)
     out = Output(json_mode)
     _report(out, path, address, "new wallet")
@@ -75,7 +85,7 @@ def new(
 def show(
     wallet_file: Annotated[
         Path | None,
-        typer.Argument(metavar="[FILE]", help="[default: $THETADIST_WALLET or ~/.config/…]"),
+        typer.Argument(metavar="FILE", help="Wallet file.", show_default=DEFAULT_WALLET_TEXT),
     ] = None,
     json_mode: JsonOption = False,
 ) -> None:
@@ -110,7 +120,7 @@ def import_(
     """Write an existing key into a wallet; without options, prompt for the private key."""
     if private_key_env is not None and from_keystore is not None:
         raise UsageError("give --private-key-env or --from-keystore, not both")
-    path = output or default_wallet_path()
+    path = _target(output, force)
     if from_keystore is not None:
         source = open_wallet(from_keystore, passphrase=os.environ.get(SOURCE_PASSPHRASE_ENV))
         private_key: str | bytes = bytes(source.key)

@@ -165,10 +165,6 @@ class PayerSession:
         self.cumulative = base_cumulative
         self.verified_bytes = 0
 
-    @property
-    def domain(self) -> Domain:
-        return self.signer.domain
-
     def _target(self, verified_bytes: int) -> int:
         return self.base + price_of(verified_bytes, self.price_per_mib)
 

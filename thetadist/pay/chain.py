@@ -32,6 +32,7 @@ from eth_utils.crypto import keccak
 from eth_utils.exceptions import ValidationError as EthUtilsValidationError
 from web3 import Web3
 from web3.exceptions import ContractLogicError, TimeExhausted, Web3Exception, Web3RPCError
+from web3.providers.rpc.utils import ExceptionRetryConfiguration
 from web3.types import TxParams, TxReceipt, Wei
 
 from thetadist.errors import ChainError
@@ -166,7 +167,15 @@ class Chain:
         parts = urlsplit(rpc_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ChainError(f"not an HTTP JSON-RPC URL: {_short(rpc_url)}")
-        provider = Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout})
+        provider = Web3.HTTPProvider(
+            rpc_url,
+            request_kwargs={"timeout": timeout},
+            # web3's default retries timeouts five times with backoff, so a silent node would
+            # take 5 × timeout to report; retry only dropped connections, briefly.
+            exception_retry_configuration=ExceptionRetryConfiguration(
+                errors=(requests.ConnectionError,), retries=2, backoff_factor=0.1
+            ),
+        )
         return cls(Web3(provider), description=rpc_url, receipt_timeout=receipt_timeout)
 
     @classmethod
