@@ -30,3 +30,7 @@ bench-delta *ARGS:
 # Loopback swarm against libtorrent 2.1.1 in the same run: 1→1, 1→8, 20 MB/s-capped seeder, fetcher RSS.
 bench-swarm *ARGS:
     {{python}} -m bench.bench_swarm {{ARGS}}
+
+# Payments: a paid against a free 1 GiB loopback transfer, voucher sign/verify µs, gas per voucher on anvil.
+bench-pay *ARGS:
+    {{python}} -m bench.bench_pay {{ARGS}}

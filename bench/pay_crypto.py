@@ -84,24 +84,15 @@ def ledger_record_us(directory: Path, vouchers: list[SignedVoucher], *, durable:
         )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=3000, help="operations per measurement")
-    parser.add_argument(
-        "--dir", type=Path, default=None, help="where the ledger files go (default: temp dir)"
-    )
-    args = parser.parse_args()
-    count: int = args.count
-    directory: Path = args.dir or Path(tempfile.gettempdir())
-
+def measure(count: int, directory: Path) -> list[tuple[str, float]]:
+    """Median µs per operation for each path, ``count`` operations each."""
     key = os.urandom(32)
     signer = VoucherSigner(key, DOMAIN)
     vouchers = [Voucher(signer.address, PAYEE, 0, (i + 1) * 10**12) for i in range(count)]
     signed = [signer.sign(voucher) for voucher in vouchers]
     reference_count = max(1, count // 10)  # eth-account is ~10x slower
     messages = [encode_typed_data(full_message=typed_data(v)) for v in vouchers[:reference_count]]
-
-    rows = [
+    return [
         ("voucher sign (fast path)", median_us(lambda i: signer.sign(vouchers[i]), count)),
         ("voucher verify (fast path)", median_us(lambda i: verify(signed[i], DOMAIN), count)),
         (
@@ -131,6 +122,18 @@ def main() -> None:
             ledger_record_us(directory, signed[: max(1, count // 10)], durable=True),
         ),
     ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=3000, help="operations per measurement")
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="where the ledger files go (default: temp dir)"
+    )
+    args = parser.parse_args()
+    count: int = args.count
+    directory: Path = args.dir or Path(tempfile.gettempdir())
+    rows = measure(count, directory)
     print(f"median µs per operation ({count} operations; ledger files in {directory})")
     for name, micros in rows:
         print(f"  {name:<42} {micros:9.1f} µs")

@@ -4,6 +4,7 @@ resolution, and one-line errors with their exit codes."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,9 @@ from eth_account.signers.local import LocalAccount
 
 from bench.pay_gas import sign_voucher
 from thetadist.cli import main
+from thetadist.errors import UsageError
 from thetadist.pay.chain import Chain, TicketPool
+from thetadist.pay.config import ChainConfig, parse_address
 
 PASSPHRASE = "correct horse"
 ETHER = 10**18
@@ -182,3 +185,60 @@ def test_config_file_and_usage_errors(
     )  # fmt: skip
     error_line(code, err, 9, "connection refused")
     assert json.loads(out.splitlines()[-1])["exit_code"] == 9
+
+
+# -- configuration resolution (no chain needed) ------------------------------------------
+
+ADDRESS = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"  # an EIP-55 test vector
+
+
+def test_config_precedence_flag_environment_file(tmp_path: Path) -> None:
+    (tmp_path / "thetadist-chain.toml").write_text(
+        f'[chain]\nrpc = "http://file:1"\ncontract = "{ADDRESS.lower()}"\n'
+    )
+    from_file = ChainConfig.resolve(environ={}, cwd=tmp_path)
+    assert from_file == ChainConfig("http://file:1", ADDRESS)  # checksummed on the way in
+    environ = {"THETADIST_RPC": "http://env:2"}
+    assert ChainConfig.resolve(environ=environ, cwd=tmp_path).rpc == "http://env:2"
+    flagged = ChainConfig.resolve(rpc="https://flag:3", environ=environ, cwd=tmp_path)
+    assert flagged.rpc == "https://flag:3" and flagged.contract == ADDRESS
+    empty = ChainConfig.resolve(environ={}, cwd=tmp_path / "nowhere")
+    with pytest.raises(UsageError, match="no chain RPC"):
+        empty.require_rpc()
+    with pytest.raises(UsageError, match="contract deploy --save"):
+        empty.require_contract()
+    with pytest.raises(UsageError, match="does not exist"):
+        ChainConfig.resolve(config=tmp_path / "absent.toml", environ={})
+
+
+def test_config_save_round_trips(tmp_path: Path) -> None:
+    config = ChainConfig('https://node.example/rpc?key=a"b\\c', ADDRESS)
+    path = tmp_path / "saved.toml"
+    config.save(path)
+    assert ChainConfig.load(path) == config
+    ChainConfig(rpc="http://only:1").save(path)  # replaces, never merges
+    assert ChainConfig.load(path) == ChainConfig("http://only:1", None)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("[chain]\nrpc = 5\n", "chain.rpc must be a string"),
+        ('chain = "x"\n', "[chain] must be a table"),
+        ('[chain]\nrpc = "ftp://x"\n', "not an HTTP(S) JSON-RPC URL"),
+        ('[chain]\ncontract = "0x1234"\n', "not a 0x-prefixed 20-byte hex address"),
+        (f'[chain]\ncontract = "{ADDRESS[:-1]}e"\n', "wrong checksum"),
+        ("[chain", "not valid TOML"),
+    ],
+)
+def test_bad_config_files(tmp_path: Path, text: str, problem: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(UsageError, match=re.escape(problem)):
+        ChainConfig.load(path)
+
+
+def test_addresses() -> None:
+    assert parse_address(ADDRESS.lower()) == ADDRESS == parse_address(f"  {ADDRESS} ")
+    with pytest.raises(UsageError, match="wrong checksum"):
+        parse_address(ADDRESS.upper().replace("0X", "0x"))

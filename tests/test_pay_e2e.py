@@ -88,7 +88,14 @@ def build(tmp: Path, mib: int = 24) -> tuple[Path, Path]:
 
 def fund(world: World, wallet: Path, deposit: str, collateral: str) -> None:
     run_thetadist(
-        "pool", "fund", "--deposit", deposit, "--collateral", collateral, "--wallet", wallet,
+        "pool",
+        "fund",
+        "--deposit",
+        deposit,
+        "--collateral",
+        collateral,
+        "--wallet",
+        wallet,
         *world.chain_args(),
     )
 
@@ -106,12 +113,27 @@ def test_paid_fetch_then_redeem_credits_exactly_the_price_of_what_was_served(
     seeder_ledger = world.tmp / "seeder.sqlite"
     fetcher_ledger = world.tmp / "fetcher.sqlite"
     seeder = procs.seeder(
-        src, manifest, "--price", f"{PRICE}wei", "--wallet", seeder_wallet,
-        "--ledger", seeder_ledger, *world.chain_args(),
+        src,
+        manifest,
+        "--price",
+        f"{PRICE}wei",
+        "--wallet",
+        seeder_wallet,
+        "--ledger",
+        seeder_ledger,
+        *world.chain_args(),
     )
     fetcher = procs.fetcher(
-        manifest, world.tmp / "out", "--wallet", fetcher_wallet, "--max-price", "0.002ether",
-        "--ledger", fetcher_ledger, *world.chain_args(), peers=[seeder.address],
+        manifest,
+        world.tmp / "out",
+        "--wallet",
+        fetcher_wallet,
+        "--max-price",
+        "0.002ether",
+        "--ledger",
+        fetcher_ledger,
+        *world.chain_args(),
+        peers=[seeder.address],
     )
     assert fetcher.wait_exit(120) == 0, fetcher.describe()
     assert_identical(world.tmp / "out", src)
@@ -137,7 +159,12 @@ def test_paid_fetch_then_redeem_credits_exactly_the_price_of_what_was_served(
     assert listed["amount_wei"] == fetched["paid_wei"]
 
     redeemed = run_thetadist(
-        "tickets", "redeem", "--wallet", seeder_wallet, "--ledger", seeder_ledger,
+        "tickets",
+        "redeem",
+        "--wallet",
+        seeder_wallet,
+        "--ledger",
+        seeder_ledger,
         *world.chain_args(),
     )
     assert redeemed["vouchers"] == 1  # one payer: its latest cumulative voucher settles all
@@ -146,7 +173,12 @@ def test_paid_fetch_then_redeem_credits_exactly_the_price_of_what_was_served(
     assert earnings["earnings_wei"] == price_of(downloaded, PRICE)
     # redeeming again pays nothing more
     again = run_thetadist(
-        "tickets", "redeem", "--wallet", seeder_wallet, "--ledger", seeder_ledger,
+        "tickets",
+        "redeem",
+        "--wallet",
+        seeder_wallet,
+        "--ledger",
+        seeder_ledger,
         *world.chain_args(),
     )
     assert again["vouchers"] == 0
@@ -173,12 +205,30 @@ def test_a_seeder_killed_with_sigkill_keeps_every_voucher_it_acted_on(
     fetcher_ledger = world.tmp / "fetcher.sqlite"
     window = 2 << 20
     seeder = procs.seeder(
-        src, manifest, "--price", f"{PRICE}wei", "--credit-window", "2MiB",
-        "--wallet", seeder_wallet, "--ledger", seeder_ledger, *world.chain_args(),
+        src,
+        manifest,
+        "--price",
+        f"{PRICE}wei",
+        "--credit-window",
+        "2MiB",
+        "--wallet",
+        seeder_wallet,
+        "--ledger",
+        seeder_ledger,
+        *world.chain_args(),
     )
     fetcher = procs.fetcher(
-        manifest, world.tmp / "out", "--wallet", fetcher_wallet, "--max-price", "0.002ether",
-        "--ledger", fetcher_ledger, "--max-download-rate", "40MB/s", *world.chain_args(),
+        manifest,
+        world.tmp / "out",
+        "--wallet",
+        fetcher_wallet,
+        "--max-price",
+        "0.002ether",
+        "--ledger",
+        fetcher_ledger,
+        "--max-download-rate",
+        "40MB/s",
+        *world.chain_args(),
         peers=[seeder.address],
     )
     fetcher.wait_count("voucher_signed", 10, 60)
@@ -188,9 +238,7 @@ def test_a_seeder_killed_with_sigkill_keeps_every_voucher_it_acted_on(
     fetcher.send_signal(signal.SIGKILL)
     payer = bytes.fromhex(fetcher_address[2:])
     with VoucherLedger(fetcher_ledger) as book:
-        verified = sum(
-            entry.nbytes for entry in book.entries(role=Role.SIGNED, limit=None)
-        )
+        verified = sum(entry.nbytes for entry in book.entries(role=Role.SIGNED, limit=None))
     with VoucherLedger(seeder_ledger) as book:
         kept = book.redeemable(world.domain, _payee_of(book, payer), 1)
     assert kept, "the killed seeder's ledger lost its vouchers"
@@ -199,7 +247,12 @@ def test_a_seeder_killed_with_sigkill_keeps_every_voucher_it_acted_on(
     cumulative = kept[0].voucher.cumulative
     assert cumulative >= price_of(verified, PRICE) - price_of(window, PRICE) - PRICE
     redeemed = run_thetadist(
-        "tickets", "redeem", "--wallet", seeder_wallet, "--ledger", seeder_ledger,
+        "tickets",
+        "redeem",
+        "--wallet",
+        seeder_wallet,
+        "--ledger",
+        seeder_ledger,
         *world.chain_args(),
     )
     assert redeemed["redeemed_wei"] == cumulative
@@ -223,16 +276,33 @@ def test_a_fetcher_killed_at_random_points_never_overspends_nor_forks_its_vouche
     seeder_ledger = world.tmp / "seeder.sqlite"
     fetcher_ledger = world.tmp / "fetcher.sqlite"
     seeder = procs.seeder(
-        src, manifest, "--price", f"{PRICE}wei", "--wallet", seeder_wallet,
-        "--ledger", seeder_ledger, *world.chain_args(),
+        src,
+        manifest,
+        "--price",
+        f"{PRICE}wei",
+        "--wallet",
+        seeder_wallet,
+        "--ledger",
+        seeder_ledger,
+        *world.chain_args(),
     )
     rng = random.Random(20261125)
 
     def fetcher(name: str) -> Proc:
         return procs.fetcher(
-            manifest, world.tmp / "out", "--wallet", fetcher_wallet, "--max-price",
-            "0.002ether", "--ledger", fetcher_ledger, "--max-download-rate", "30MB/s",
-            *world.chain_args(), peers=[seeder.address], name=name,
+            manifest,
+            world.tmp / "out",
+            "--wallet",
+            fetcher_wallet,
+            "--max-price",
+            "0.002ether",
+            "--ledger",
+            fetcher_ledger,
+            "--max-download-rate",
+            "30MB/s",
+            *world.chain_args(),
+            peers=[seeder.address],
+            name=name,
         )
 
     for round_number in range(3):
@@ -267,12 +337,18 @@ def test_a_fetcher_killed_at_random_points_never_overspends_nor_forks_its_vouche
     # one above what the fetcher remembers (else a restart would re-sign a lower one)
     assert received.cumulative <= signed.cumulative
     assert not [
-        event for event in seeder.events
+        event
+        for event in seeder.events
         if event.get("event") == "payment_refused" and "not above" in str(event.get("reason"))
     ], "a restarted fetcher re-signed a cumulative amount the seeder already had"
     seeder.interrupt_and_wait(10)
     redeemed = run_thetadist(
-        "tickets", "redeem", "--wallet", seeder_wallet, "--ledger", seeder_ledger,
+        "tickets",
+        "redeem",
+        "--wallet",
+        seeder_wallet,
+        "--ledger",
+        seeder_ledger,
         *world.chain_args(),
     )
     assert redeemed["redeemed_wei"] == received.cumulative <= deposit

@@ -111,9 +111,7 @@ async def test_every_byte_from_a_paid_seeder_is_paid_for_exactly(tmp_path: Path)
         downloaded = result.bytes_from_peers_total
         assert downloaded > 0
         owed = price_of(downloaded, PRICE)
-        signed = fetcher_ledger.latest(
-            Role.SIGNED, DOMAIN, payer.signer.address, payee.address, 0
-        )
+        signed = fetcher_ledger.latest(Role.SIGNED, DOMAIN, payer.signer.address, payee.address, 0)
         received = seeder_ledger.latest(
             Role.RECEIVED, DOMAIN, payer.signer.address, payee.address, 0
         )

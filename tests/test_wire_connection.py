@@ -474,9 +474,7 @@ def test_arbitrary_bytes_instead_of_a_handshake_only_make_peer_faults(garbage: b
 
 
 runs = st.integers(0, len(CHUNK_SIZES) - 1).flatmap(
-    lambda piece: st.tuples(
-        st.just(piece), st.integers(0, len(CHUNK_SIZES[piece]) - 1)
-    ).flatmap(
+    lambda piece: st.tuples(st.just(piece), st.integers(0, len(CHUNK_SIZES[piece]) - 1)).flatmap(
         lambda start: st.tuples(
             st.just(start[0]),
             st.just(start[1]),

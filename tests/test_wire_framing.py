@@ -249,7 +249,12 @@ def test_bitfield_helpers_agree_with_the_bit_order() -> None:
     bitfield = Bitfield.from_pieces(10, [0, 7, 9])
     assert bitfield.bits == bytes([0b1000_0001, 0b0100_0000])
     assert [bitfield.has(piece) for piece in (0, 1, 7, 9, 10, -1)] == [
-        True, False, True, True, False, False,
+        True,
+        False,
+        True,
+        True,
+        False,
+        False,
     ]
     assert list(bitfield.pieces()) == [0, 7, 9]
     with pytest.raises(LocalProtocolError):

@@ -32,7 +32,9 @@ from thetadist.pay.wallet import default_wallet_path, open_wallet, wallet_addres
 RpcOption = Annotated[
     str | None,
     typer.Option(
-        "--rpc", metavar="URL", help="EVM JSON-RPC endpoint [default: $THETADIST_RPC or config]."
+        "--rpc",
+        metavar="URL",
+        help="EVM JSON-RPC endpoint (default: $THETADIST_RPC, else the config file).",
     ),
 ]
 ContractOption = Annotated[
@@ -40,7 +42,7 @@ ContractOption = Annotated[
     typer.Option(
         "--contract",
         metavar="ADDRESS",
-        help="TicketPool address [default: $THETADIST_CONTRACT or config].",
+        help="TicketPool address (default: $THETADIST_CONTRACT, else the config file).",
     ),
 ]
 ConfigOption = Annotated[
@@ -48,7 +50,8 @@ ConfigOption = Annotated[
     typer.Option(
         "--config",
         metavar="FILE",
-        help="TOML file with [chain] rpc and contract [default: ./thetadist-chain.toml].",
+        help="TOML file with rpc and contract under a chain table "
+        "(default: ./thetadist-chain.toml if present).",
     ),
 ]
 WalletOption = Annotated[
@@ -56,15 +59,10 @@ WalletOption = Annotated[
     typer.Option(
         "--wallet",
         metavar="FILE",
-        help="Keystore that signs [default: $THETADIST_WALLET or ~/.config/thetadist/"
-        "wallet.json]; passphrase from $THETADIST_PASSPHRASE or a prompt.",
+        help="Keystore that signs (default: $THETADIST_WALLET, else "
+        "~/.config/thetadist/wallet.json); passphrase from $THETADIST_PASSPHRASE or a prompt.",
     ),
 ]
-
-
-def connect_chain(rpc: str | None, config: Path | None) -> Chain:
-    """The chain named by ``--rpc`` / the environment / the config file."""
-    return Chain.connect(ChainConfig.resolve(rpc=rpc, config=config).require_rpc())
 
 
 def connect_pool(rpc: str | None, contract: str | None, config: Path | None) -> TicketPool:
@@ -81,6 +79,7 @@ def open_signer(wallet: Path | None) -> LocalAccount:
 
 
 def amount_option(text: str, what: str) -> int:
+    """Parse the amount given to option ``--what``; a UsageError names the option."""
     try:
         return parse_amount(text)
     except UsageError as problem:
@@ -199,7 +198,10 @@ def fund(
     config: ConfigOption = None,
     json_mode: JsonOption = False,
 ) -> None:
-    """Add to a pool.  Funding your own pool cancels a pending unlock."""
+    """Add to a pool; funding your own cancels a pending unlock.
+
+    With no amounts, cancelling the unlock is all it does.
+    """
     added_deposit = amount_option(deposit, "deposit")
     added_collateral = amount_option(collateral, "collateral")
     if added_deposit == 0 and added_collateral == 0 and for_payer is not None:
@@ -234,7 +236,7 @@ def fund(
 def status(
     address: Annotated[
         str | None,
-        typer.Argument(metavar="[ADDRESS]", help="Payer [default: the wallet's address]."),
+        typer.Argument(metavar="[ADDRESS]", help="Payer (default: the wallet's address)."),
     ] = None,
     wallet: WalletOption = None,
     rpc: RpcOption = None,
@@ -329,7 +331,7 @@ earnings_app = typer.Typer(
 def show_earnings(
     address: Annotated[
         str | None,
-        typer.Argument(metavar="[ADDRESS]", help="Payee [default: the wallet's address]."),
+        typer.Argument(metavar="[ADDRESS]", help="Payee (default: the wallet's address)."),
     ] = None,
     wallet: WalletOption = None,
     rpc: RpcOption = None,

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Protocol, TypeVar, cast
 from urllib.parse import urlsplit
@@ -30,8 +31,15 @@ from eth_utils.abi import event_abi_to_log_topic
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 from eth_utils.exceptions import ValidationError as EthUtilsValidationError
+from hexbytes import HexBytes
 from web3 import Web3
-from web3.exceptions import ContractLogicError, TimeExhausted, Web3Exception, Web3RPCError
+from web3.exceptions import (
+    ContractLogicError,
+    TimeExhausted,
+    TransactionNotFound,
+    Web3Exception,
+    Web3RPCError,
+)
 from web3.providers.rpc.utils import ExceptionRetryConfiguration
 from web3.types import TxParams, TxReceipt, Wei
 
@@ -47,6 +55,7 @@ GAS_MARGIN_PERCENT = 20
 #: Tip when the node cannot suggest one (eth_maxPriorityFeePerGas is not universal).
 FALLBACK_PRIORITY_FEE = 10**9
 
+#: Rejected.reason codes of the contract.
 REJECT_REASONS: dict[int, str] = {
     1: "malformed signature",
     2: "signer is not the payer",
@@ -101,6 +110,7 @@ class RedeemResult:
     gas_used: int
     paid: list[int]  # per voucher, in order: 0 when rejected or already claimed
     rejected: list[int]  # indices of vouchers the contract refused
+    reasons: dict[int, str] = field(default_factory=dict)  # rejected index -> why
 
     @property
     def total(self) -> int:
@@ -277,7 +287,8 @@ class Chain:
     def transact(self, what: str, account: LocalAccount, tx: TxParams) -> TxReceipt:
         """Sign ``tx`` with ``account``, send it and wait for a successful receipt."""
 
-        def run() -> TxReceipt:
+        def submit() -> tuple[HexBytes, dict[str, Any]]:
+            # one lock hold from nonce to send: two threads must not take the same nonce
             eth = self._w3.eth
             params: dict[str, Any] = dict(tx)
             params["from"] = account.address
@@ -287,18 +298,17 @@ class Chain:
             params["gas"] = _with_margin(eth.estimate_gas(cast(TxParams, params)))
             params.update(self._fees())
             signed = account.sign_transaction(params)
-            tx_hash = eth.send_raw_transaction(signed.raw_transaction)
-            receipt = eth.wait_for_transaction_receipt(
-                tx_hash, timeout=self._receipt_timeout, poll_latency=0.1
-            )
-            if receipt["status"] != 1:
-                raise ChainError(
-                    f"cannot {what} on {self._description}: transaction "
-                    f"{tx_hash.to_0x_hex()} reverted{self._replay_reason(params, receipt)}"
-                )
-            return receipt
+            return eth.send_raw_transaction(signed.raw_transaction), params
 
-        return self.call(what, run)
+        tx_hash, params = self.call(what, submit)
+        receipt = self._wait_for_receipt(what, tx_hash)
+        if receipt["status"] != 1:
+            reason = self.call(what, lambda: self._replay_reason(params, receipt))
+            raise ChainError(
+                f"cannot {what} on {self._description}: transaction {tx_hash.to_0x_hex()} "
+                f"reverted{reason}"
+            )
+        return receipt
 
     # -- internals ----------------------------------------------------------------------
 
@@ -313,6 +323,30 @@ class Chain:
             tip = FALLBACK_PRIORITY_FEE
         # twice the base fee rides out six full blocks of base-fee increases
         return {"maxFeePerGas": 2 * int(base_fee) + tip, "maxPriorityFeePerGas": tip}
+
+    def _wait_for_receipt(self, what: str, tx_hash: HexBytes) -> TxReceipt:
+        # Polls without holding the lock in between, so other threads' reads (the swarm
+        # checking pools) are not held up for the seconds a block takes.
+        deadline = time.monotonic() + self._receipt_timeout
+        pause = 0.02
+        while True:
+            receipt = self.call(what, lambda: self._receipt_or_none(tx_hash))
+            if receipt is not None:
+                return receipt
+            if time.monotonic() >= deadline:
+                raise ChainError(
+                    f"cannot {what} on {self._description}: no receipt for transaction "
+                    f"{tx_hash.to_0x_hex()} within {self._receipt_timeout:g} s (the node may "
+                    "be slow or the fee too low)"
+                )
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
+
+    def _receipt_or_none(self, tx_hash: HexBytes) -> TxReceipt | None:
+        try:
+            return self._w3.eth.get_transaction_receipt(tx_hash)
+        except TransactionNotFound:
+            return None
 
     def _replay_reason(self, params: dict[str, Any], receipt: TxReceipt) -> str:
         """The revert reason of a mined failure, by replaying it as a call (best effort)."""
@@ -507,6 +541,7 @@ class TicketPool:
         # Every voucher logs exactly one Redeemed or Rejected, in order (see the contract).
         paid: list[int] = []
         rejected: list[int] = []
+        reasons: dict[int, str] = {}
         for log in receipt["logs"]:
             if log["address"].lower() != self.address.lower() or not log["topics"]:
                 continue
@@ -515,6 +550,8 @@ class TicketPool:
                 event = self._contract.events.Redeemed().process_log(log)
                 paid.append(int(event["args"]["paid"]))
             elif name == "Rejected":
+                code = int(self._contract.events.Rejected().process_log(log)["args"]["reason"])
+                reasons[len(paid)] = REJECT_REASONS.get(code, f"reason {code}")
                 rejected.append(len(paid))
                 paid.append(0)
         if len(paid) != count:
@@ -523,7 +560,7 @@ class TicketPool:
                 f"outcomes for {count} vouchers; is {self.address} a TicketPool?"
             )
         return RedeemResult(
-            receipt["transactionHash"].to_0x_hex(), int(receipt["gasUsed"]), paid, rejected
+            receipt["transactionHash"].to_0x_hex(), int(receipt["gasUsed"]), paid, rejected, reasons
         )
 
 
@@ -561,10 +598,10 @@ def _explain(problem: BaseException) -> str:
         text = _explain_rpc_error(problem.rpc_response.get("error"))
     elif isinstance(problem, TimeExhausted):
         text = "no receipt in time (the node may be slow or the fee too low)"
+    elif isinstance(problem, requests.Timeout):  # before ConnectionError: ConnectTimeout is both
+        text = "the node did not answer in time"
     elif isinstance(problem, requests.ConnectionError):
         text = "connection refused or host unreachable"
-    elif isinstance(problem, requests.Timeout):
-        text = "the node did not answer in time"
     else:
         text = str(problem) or type(problem).__name__
     return _one_line(text)

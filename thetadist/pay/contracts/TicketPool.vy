@@ -62,7 +62,7 @@ FLAG_BIT: constant(uint256) = 2**192
 MASK192: constant(uint256) = 2**192 - 1
 
 # Rejected.reason codes.
-REASON_SIGNATURE: constant(uint8) = 1  # malformed: length, v, zero r/s, high s
+REASON_SIGNATURE: constant(uint8) = 1  # malformed: v not 27/28, r or s zero, s high
 REASON_SIGNER: constant(uint8) = 2  # recovers to no address or not to the payer
 REASON_EPOCH: constant(uint8) = 3  # not the payer's current epoch
 REASON_FLAGGED: constant(uint8) = 4  # the payer overdrew earlier and is flagged
@@ -234,7 +234,7 @@ def withdraw():
     assert block.timestamp >= unlock_at, "unlock delay not over"
     amount: uint256 = (hot & MASK128) + (cold & MASK128)
     epoch: uint256 = ((hot >> 128) & MASK64) + 1
-    assert epoch <= MASK64, "epoch exhausted"
+    assert epoch <= MASK64, "epoch exhausted"  # 2**64 would spill into the flag bit
     self._hot[msg.sender] = (hot & FLAG_BIT) | (epoch << 128)
     self._cold[msg.sender] = 0
     log Withdrawn(payer=msg.sender, amount=amount, newEpoch=convert(epoch, uint64))
@@ -312,7 +312,7 @@ def redeemBatch(vouchers: DynArray[Voucher, MAX_BATCH]) -> uint256:
                 self.earnings[run_payee] += run_paid
             run_payee = v.payee
             run_paid = 0
-        # Cannot overflow: every credit comes out of a deposit (< 2**128 each).
+        # Cannot overflow: at most 256 credits, each out of a deposit below 2**128.
         run_paid = unsafe_add(run_paid, paid)
         total = unsafe_add(total, paid)
     if run_paid != 0:

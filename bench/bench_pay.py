@@ -1,0 +1,184 @@
+"""What payments cost: a paid against a free loopback transfer, vouchers in µs, gas on anvil.
+
+    python -m bench.bench_pay [--size 1GiB] [--repeat 3] [--workdir bench-out/pay]
+                              [--parts transfer,crypto,gas]
+
+* ``transfer``: 1 seeder → 1 fetcher of ``--size`` (1 GiB), real processes on 127.0.0.1 (the
+  harness of :mod:`bench.swarm_run`), free and paid runs alternating, in the same session on
+  the same anvil.  Paid: ``seed --price``, ``fetch --wallet --max-price`` — a voucher signed,
+  recorded, sent, verified and recorded per piece.  Figure: median wall time paid ÷ free,
+  target ≤ 1.05.  Afterwards the seeder redeems everything and the chain must have credited
+  exactly the price of the bytes served, or the benchmark fails.
+* ``crypto``: voucher sign and verify, fast path against eth-account (:mod:`bench.pay_crypto`).
+* ``gas``: gas per voucher for a pair's first and repeat redemption and batches of 8, 32 and
+  128 (:mod:`bench.pay_gas`), target below 40k per voucher at 32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+
+from bench.bench_swarm import prepare_dataset
+from bench.pay_crypto import measure as measure_crypto
+from bench.pay_gas import measure_gas, running_anvil
+from bench.swarm_run import SwarmSpec, run_swarm
+from thetadist.pay.accounts import price_of
+from thetadist.pay.chain import Chain, TicketPool
+from thetadist.pay.ledger import VoucherLedger
+from thetadist.pay.redeem import redeem_vouchers
+from thetadist.pay.wallet import create_wallet
+from thetadist.units import parse_size
+
+PRICE_PER_MIB = 10**12  # wei (1000 gwei)
+PASSPHRASE = "bench"
+#: scrypt N of the benchmark's wallets (unlocked once per process, outside the clock anyway).
+WORK_FACTOR = 1 << 14
+TARGET_SLOWDOWN = 1.05
+
+
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def bench_transfer(workdir: Path, size: int, repeat: int, rpc: str) -> dict[str, Any]:
+    data = prepare_dataset(workdir, size)
+    chain = Chain.connect(rpc)
+    operator: LocalAccount = Account.create()
+    chain.faucet(operator.address, 10**24)
+    pool = TicketPool.deploy(chain, operator, collateral_ratio_bps=10_000, unlock_delay=3600)
+    wallets = workdir / "wallets"
+    wallets.mkdir(parents=True, exist_ok=True)
+    addresses = {}
+    for name in ("seeder", "fetcher"):
+        path = wallets / f"{name}.json"
+        addresses[name] = create_wallet(
+            path, PASSPHRASE, overwrite=True, work_factor=WORK_FACTOR
+        )
+        chain.faucet(addresses[name], 10**20)
+    deposit = 2 * repeat * price_of(size, PRICE_PER_MIB) + 10**15
+    pool.fund_for(operator, addresses["fetcher"], deposit=deposit, collateral=deposit)
+    seeder_ledger = workdir / "seeder.sqlite"
+    fetcher_ledger = workdir / "fetcher.sqlite"
+    for stale in (seeder_ledger, fetcher_ledger):
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{stale}{suffix}").unlink(missing_ok=True)
+    chain_args = ["--rpc", rpc, "--contract", pool.address]
+    paid_seed = ["--price", f"{PRICE_PER_MIB}wei", "--wallet", str(wallets / "seeder.json")]
+    paid_fetch = ["--wallet", str(wallets / "fetcher.json"), "--max-price", f"{PRICE_PER_MIB}wei"]
+    arms: dict[str, dict[str, Any]] = {
+        "free": {},
+        "paid": {
+            "seed_args": [*paid_seed, "--ledger", str(seeder_ledger), *chain_args],
+            "fetch_args": [*paid_fetch, "--ledger", str(fetcher_ledger), *chain_args],
+            "env": {"THETADIST_PASSPHRASE": PASSPHRASE},
+        },
+    }
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in arms}
+    for round_number in range(repeat):
+        order = list(arms) if round_number % 2 == 0 else list(reversed(arms))
+        for name in order:
+            result = run_swarm(
+                SwarmSpec(
+                    data_dir=data.data_dir,
+                    manifest=data.manifest,
+                    size=size,
+                    fetchers=1,
+                    run_dir=workdir / "runs" / f"{name}-{round_number}",
+                    source_digests=data.digests,
+                    **arms[name],
+                )
+            )
+            runs[name].append(result)
+            shown = f"{result['wall_s']:.2f} s" if result.get("ok") else result.get("error")
+            log(f"round {round_number + 1}/{repeat} {name}: {shown}")
+    walls = {
+        name: [r["wall_s"] for r in results if r.get("ok")] for name, results in runs.items()
+    }
+    if not walls["free"] or not walls["paid"]:
+        raise SystemExit("error: an arm had no good run; see the logs under " + str(workdir))
+    medians = {name: statistics.median(values) for name, values in walls.items()}
+    slowdown = medians["paid"] / medians["free"]
+    seeder_account = Account.decrypt(
+        json.loads((wallets / "seeder.json").read_text()), PASSPHRASE
+    )
+    with VoucherLedger(seeder_ledger) as ledger:
+        report = redeem_vouchers(pool, ledger, Account.from_key(seeder_account))
+    expected = len(walls["paid"]) * price_of(size, PRICE_PER_MIB)
+    if pool.earnings(addresses["seeder"]) != expected:
+        raise SystemExit(
+            f"error: the chain credited {pool.earnings(addresses['seeder'])} wei to the "
+            f"seeder, the paid runs served {expected} wei worth"
+        )
+    return {
+        "size": size,
+        "runs": {name: sorted(values) for name, values in walls.items()},
+        "median_wall_s": medians,
+        "throughput_MBps": {name: round(size / m / 1e6, 1) for name, m in medians.items()},
+        "paid_over_free": round(slowdown, 3),
+        "target": TARGET_SLOWDOWN,
+        "met": slowdown <= TARGET_SLOWDOWN,
+        "redeemed_wei": report.paid_wei,
+        "redeem_gas": report.gas_used,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="1GiB")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, default=Path("bench-out/pay"))
+    parser.add_argument("--parts", default="transfer,crypto,gas")
+    options = parser.parse_args()
+    parts = set(options.parts.split(","))
+    report: dict[str, Any] = {}
+    if "crypto" in parts:
+        with tempfile.TemporaryDirectory() as scratch:
+            rows = measure_crypto(3000, Path(scratch))
+        report["crypto_us"] = {name: round(us, 1) for name, us in rows}
+        log("median µs per operation:")
+        for name, micros in rows:
+            log(f"  {name:<42} {micros:9.1f} µs")
+    if parts & {"transfer", "gas"}:
+        with running_anvil() as rpc:
+            if "gas" in parts:
+                gas = measure_gas(rpc)
+                report["gas"] = gas
+                log(f"{'case':<28}{'vouchers':>9}{'gas':>12}{'gas/voucher':>14}")
+                for name, case in gas["cases"].items():
+                    log(
+                        f"{name:<28}{case['vouchers']:>9}{case['gas']:>12,}"
+                        f"{case['gas_per_voucher']:>14,.0f}"
+                    )
+                target = gas["target"]
+                log(
+                    f"gas per voucher at batch {target['batch']}: "
+                    f"{target['gas_per_voucher']:,.0f} (target < {target['limit']:,}: "
+                    f"{'met' if target['met'] else 'NOT met'})"
+                )
+            if "transfer" in parts:
+                size = parse_size(options.size)
+                transfer = bench_transfer(options.workdir, size, options.repeat, rpc)
+                report["transfer"] = transfer
+                walls = transfer["median_wall_s"]
+                log(
+                    f"1 → 1 transfer of {options.size}: free {walls['free']:.2f} s, "
+                    f"paid {walls['paid']:.2f} s (medians of "
+                    f"{options.repeat}); paid ÷ free = {transfer['paid_over_free']:.3f} "
+                    f"(target ≤ {TARGET_SLOWDOWN}: {'met' if transfer['met'] else 'NOT met'}); "
+                    f"redeemed {transfer['redeemed_wei']} wei, exactly the price of the bytes "
+                    "served"
+                )
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
