@@ -98,7 +98,11 @@ def bench_transfer(workdir: Path, size: int, repeat: int, rpc: str) -> dict[str,
                 )
             )
             runs[name].append(result)
-            shown = f"{result['wall_s']:.2f} s" if result.get("ok") else result.get("error")
+            shown = (
+                f"{result['wall_s']:.2f} s (cpu s: {result['cpu_s']})"
+                if result.get("ok")
+                else result.get("error")
+            )
             log(f"round {round_number + 1}/{repeat} {name}: {shown}")
     walls = {
         name: [r["wall_s"] for r in results if r.get("ok")] for name, results in runs.items()
@@ -118,9 +122,19 @@ def bench_transfer(workdir: Path, size: int, repeat: int, rpc: str) -> dict[str,
             f"error: the chain credited {pool.earnings(addresses['seeder'])} wei to the "
             f"seeder, the paid runs served {expected} wei worth"
         )
+    cpu = {
+        name: {
+            process: round(
+                statistics.median(r["cpu_s"][process] for r in results if r.get("ok")), 2
+            )
+            for process in ("seeder", "fetch0")
+        }
+        for name, results in runs.items()
+    }
     return {
         "size": size,
         "runs": {name: sorted(values) for name, values in walls.items()},
+        "median_cpu_s": cpu,
         "median_wall_s": medians,
         "throughput_MBps": {name: round(size / m / 1e6, 1) for name, m in medians.items()},
         "paid_over_free": round(slowdown, 3),

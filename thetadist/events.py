@@ -165,6 +165,9 @@ class SwarmProgress(Event):
     upload_rate: float
     uploaded: int
     peers: int
+    #: Wei promised in vouchers so far (paying nodes) and credited by vouchers received.
+    paid_wei: int = 0
+    received_wei: int = 0
 
 
 @dataclass(frozen=True)

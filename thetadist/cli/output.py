@@ -24,7 +24,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from thetadist.events import Event
+from thetadist.events import Event, VoucherReceived, VoucherSigned
 
 
 class Output:
@@ -42,7 +42,10 @@ class Output:
         sys.stdout.flush()
 
     def event(self, event: Event) -> None:
-        if self.json_mode:
+        # One voucher per piece each way would double the NDJSON a transfer prints; their
+        # totals ride on `progress` and the summary, every voucher is in the ledger
+        # (`thetadist tickets list`).
+        if self.json_mode and not isinstance(event, VoucherSigned | VoucherReceived):
             self.emit(event.as_json())
 
     def summary(self, record: dict[str, Any], title: str) -> None:

@@ -198,6 +198,7 @@ class PayerLink:
                 self.payer.domain, signed, piece=piece, nbytes=nbytes
             )
             self.session.send(Voucher(signed.encode()))
+        self.session.swarm.totals.paid += step
         self.emit(VoucherSigned(self.session.label, piece, nbytes, step, signed.cumulative))
 
 

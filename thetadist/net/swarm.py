@@ -118,6 +118,9 @@ class Totals:
     uploaded: int = 0
     downloaded_by_peer: dict[str, int] = field(default_factory=dict)
     uploaded_by_peer: dict[str, int] = field(default_factory=dict)
+    #: Wei promised in vouchers we signed, and credited by vouchers we received.
+    paid: int = 0
+    received: int = 0
 
 
 class _Dropped(Exception):
@@ -298,6 +301,7 @@ class PeerSession:
         except InvalidTicket as exc:
             self.swarm.emit(PaymentRefused(self.label, f"bad voucher: {exc}"))
             raise _Dropped(f"bad voucher: {exc}") from None
+        self.swarm.totals.received += received.amount_wei
         self.swarm.emit(received)
 
     def _join(self, pieces: Sequence[int]) -> None:
@@ -649,6 +653,8 @@ class Swarm:
             round(up),
             self.totals.uploaded,
             len(self.sessions),
+            self.totals.paid,
+            self.totals.received,
         )
 
     # ------------------------------------------------------------------ session events

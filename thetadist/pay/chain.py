@@ -249,6 +249,8 @@ class Chain:
 
     def advance_time(self, seconds: int) -> None:
         """Move the chain's clock forward and mine a block (embedded chain or anvil only)."""
+        if seconds <= 0:
+            raise ChainError(f"the clock only moves forward, not by {seconds} s")
         if self._tester is not None:
             tester = self._tester
             self.call(
