@@ -15,19 +15,23 @@ The chain and the contract come from ``--rpc`` / ``--contract``, ``$THETADIST_RP
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from eth_account.signers.local import LocalAccount
 from typer.core import TyperGroup
 
 from thetadist.cli.common import JsonOption
 from thetadist.cli.output import Output
 from thetadist.errors import UsageError
 from thetadist.pay.amounts import format_amount, parse_amount
-from thetadist.pay.chain import Chain, TicketPool, TxResult
-from thetadist.pay.config import ChainConfig, parse_address
-from thetadist.pay.wallet import default_wallet_path, open_wallet, wallet_address
+
+if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
+
+    from thetadist.pay.chain import TicketPool, TxResult
+
+# web3 and eth-account take a second to import: every command of the toolkit loads this
+# module for its options, so the chain, config and wallet modules load only when used.
 
 RpcOption = Annotated[
     str | None,
@@ -68,6 +72,9 @@ WalletOption = Annotated[
 def connect_pool(rpc: str | None, contract: str | None, config: Path | None) -> TicketPool:
     """The TicketPool named by the options, the environment or the config file, checked to
     be one (ChainError otherwise)."""
+    from thetadist.pay.chain import Chain, TicketPool
+    from thetadist.pay.config import ChainConfig
+
     settings = ChainConfig.resolve(rpc=rpc, contract=contract, config=config)
     chain = Chain.connect(settings.require_rpc())
     return TicketPool.at(chain, settings.require_contract())
@@ -75,6 +82,8 @@ def connect_pool(rpc: str | None, contract: str | None, config: Path | None) -> 
 
 def open_signer(wallet: Path | None) -> LocalAccount:
     """Unlock ``--wallet`` (or the default wallet)."""
+    from thetadist.pay.wallet import default_wallet_path, open_wallet
+
     return open_wallet(wallet or default_wallet_path())
 
 
@@ -124,6 +133,9 @@ def deploy(
     json_mode: JsonOption = False,
 ) -> None:
     """Deploy a new TicketPool (the wallet pays the gas) and print its address."""
+    from thetadist.pay.chain import Chain, TicketPool
+    from thetadist.pay.config import ChainConfig
+
     settings = ChainConfig.resolve(rpc=rpc, config=config)
     chain = Chain.connect(settings.require_rpc())
     pool = TicketPool.deploy(
@@ -206,6 +218,8 @@ def fund(
     added_collateral = amount_option(collateral, "collateral")
     if added_deposit == 0 and added_collateral == 0 and for_payer is not None:
         raise UsageError("nothing to add: give --deposit and/or --collateral")
+    from thetadist.pay.config import parse_address
+
     payer_address = parse_address(for_payer, "--for") if for_payer is not None else None
     pool = connect_pool(rpc, contract, config)
     signer = open_signer(wallet)
@@ -371,6 +385,9 @@ def withdraw_earnings(
 
 
 def _address_or_wallet(address: str | None, wallet: Path | None) -> str:
+    from thetadist.pay.config import parse_address
+    from thetadist.pay.wallet import default_wallet_path, wallet_address
+
     if address is not None:
         return parse_address(address)
     return wallet_address(wallet or default_wallet_path())

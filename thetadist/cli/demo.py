@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import trio
 import typer
@@ -41,8 +41,9 @@ from thetadist.net.payments import Payments
 from thetadist.net.swarm import Swarm, SwarmConfig
 from thetadist.pay.accounts import price_of
 from thetadist.pay.amounts import format_amount
-from thetadist.pay.chain import Chain
-from thetadist.pay.economy import Economy
+
+if TYPE_CHECKING:
+    from thetadist.pay.economy import Economy
 from thetadist.sample import write_sample_builds
 from thetadist.tracker.server import serve_tracker
 from thetadist.units import format_size
@@ -145,6 +146,9 @@ def demo(
 def _economy(out: Output, root: Path, total_size: int) -> Economy:
     """Deploy a TicketPool on the in-process EVM; the origin and every fetcher charge
     ``PRICE_PER_MIB``; every fetcher funds a pool that covers the build twice over."""
+    from thetadist.pay.chain import Chain  # web3 and py-evm: loaded for the paid demo only
+    from thetadist.pay.economy import Economy
+
     economy = Economy.deploy(Chain.embedded(), root / "ledgers")
     deposit = 2 * price_of(total_size, PRICE_PER_MIB) + PRICE_PER_MIB
     economy.party("origin", price_per_mib=PRICE_PER_MIB)

@@ -135,6 +135,7 @@ def set_up_payments(
     price_wei = amount_option(price, "price") if price is not None else 0
     if price is not None and price_wei == 0:
         raise UsageError("--price must be above zero; use --free to serve for nothing")
+
     window = parse_size(credit_window)
     pool = connect_pool(rpc, contract, config)
     voucher_ledger = open_ledger(ledger)

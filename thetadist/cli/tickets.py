@@ -21,7 +21,6 @@ from thetadist.cli.output import Output
 from thetadist.cli.paying import LedgerOption
 from thetadist.errors import UsageError
 from thetadist.pay.amounts import format_amount
-from thetadist.pay.config import parse_address
 from thetadist.pay.ledger import Role
 from thetadist.pay.redeem import DEFAULT_BATCH, redeem_vouchers
 from thetadist.pay.roles import open_ledger
@@ -31,6 +30,8 @@ app = typer.Typer(help="Per-piece vouchers: the audit log, and redeeming.", no_a
 
 
 def _address(text: str | None, what: str) -> bytes | None:
+    from thetadist.pay.config import parse_address
+
     return None if text is None else bytes.fromhex(parse_address(text, what)[2:])
 
 

@@ -9,13 +9,20 @@ redeemed twice pays nothing the second time: the contract pays ``cumulative - cl
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-from eth_account.signers.local import LocalAccount
+from typing import TYPE_CHECKING
 
 from thetadist.errors import UsageError
-from thetadist.pay.chain import MAX_BATCH, TicketPool
 from thetadist.pay.ledger import VoucherLedger
 from thetadist.pay.roles import domain_of
+
+if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
+
+    from thetadist.pay.chain import TicketPool
+
+#: The contract's bound on one redeemBatch (``MAX_BATCH`` in TicketPool.vy and chain.py;
+#: here too so that importing this module does not load web3).
+MAX_BATCH = 256
 
 DEFAULT_BATCH = 32
 

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-
-from eth_account.signers.local import LocalAccount
+from typing import TYPE_CHECKING
 
 from thetadist.errors import PaymentError
 from thetadist.net.payments import Payee, Payer
 from thetadist.pay.accounts import DEFAULT_CREDIT_WINDOW, Budget
 from thetadist.pay.amounts import format_amount
-from thetadist.pay.chain import TicketPool
 from thetadist.pay.ledger import Role, VoucherLedger
 from thetadist.pay.voucher import Domain, VoucherSigner
+
+if TYPE_CHECKING:  # web3 and eth-account load slowly; only the callers' objects are used
+    from eth_account.signers.local import LocalAccount
+
+    from thetadist.pay.chain import TicketPool
 
 LEDGER_ENV = "THETADIST_LEDGER"
 

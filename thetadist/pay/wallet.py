@@ -27,13 +27,15 @@ import re
 import sys
 from contextlib import suppress
 from pathlib import Path
-from typing import Any
-
-from eth_account import Account
-from eth_account.signers.local import LocalAccount
-from eth_utils.address import to_checksum_address
+from typing import TYPE_CHECKING, Any
 
 from thetadist.errors import StoreError, UsageError
+
+if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
+
+# eth-account takes most of a second to import; the CLI loads this module for every
+# command, so it is imported by the functions that use it.
 
 PASSPHRASE_ENV = "THETADIST_PASSPHRASE"
 WALLET_ENV = "THETADIST_WALLET"
@@ -67,6 +69,8 @@ def create_wallet(
 
     ``work_factor`` is scrypt's N (a power of two); None means :data:`DEFAULT_WORK_FACTOR`.
     """
+    from eth_account import Account
+
     account: LocalAccount = Account.create()
     _write_keystore(path, account, passphrase, overwrite=overwrite, work_factor=work_factor)
     return str(account.address)
@@ -97,6 +101,8 @@ def import_wallet(
 def open_wallet(path: Path, *, passphrase: str | None = None) -> LocalAccount:
     """Decrypt the wallet at ``path``; the passphrase comes from the argument, else
     ``$THETADIST_PASSPHRASE``, else a prompt when stdin is a terminal."""
+    from eth_account import Account
+
     keystore = _load_keystore(path)
     if passphrase is None:
         passphrase = _passphrase_from_environment(path)
@@ -116,6 +122,8 @@ def open_wallet(path: Path, *, passphrase: str | None = None) -> LocalAccount:
 
 def wallet_address(path: Path) -> str:
     """The checksummed address a wallet declares, read without the passphrase."""
+    from eth_utils.address import to_checksum_address
+
     address = _normalise_address(_load_keystore(path).get("address"))
     if address is None:
         raise UsageError(f"wallet {str(path)!r} has no address field; open it to see the address")
@@ -142,6 +150,8 @@ def _passphrase_from_environment(path: Path) -> str:
 
 
 def _account_from_key(private_key: str | bytes | None) -> LocalAccount:
+    from eth_account import Account
+
     if isinstance(private_key, str):
         match = _PRIVATE_KEY.fullmatch(private_key.strip())
         raw = bytes.fromhex(match.group(1)) if match else b""
@@ -160,6 +170,8 @@ def _account_from_key(private_key: str | bytes | None) -> LocalAccount:
 def _write_keystore(
     path: Path, account: LocalAccount, passphrase: str, *, overwrite: bool, work_factor: int | None
 ) -> None:
+    from eth_account import Account
+
     if not passphrase:
         raise UsageError("refusing an empty passphrase")
     if work_factor is not None and (work_factor < 2 or work_factor & (work_factor - 1)):
