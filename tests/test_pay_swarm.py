@@ -13,7 +13,9 @@ import trio
 
 import thetadist
 from thetadist.events import Event, PaymentDeclined, PaymentRefused, VoucherSigned
-from thetadist.net.payments import Payee, Payer, Payments
+from thetadist.net.payments import Payee, Payer, PayerLink, Payments
+from thetadist.net.source import DirectorySource
+from thetadist.net.swarm import Swarm
 from thetadist.pay.accounts import Budget, price_of
 from thetadist.pay.ledger import Role, VoucherLedger
 from thetadist.pay.voucher import Domain, VoucherSigner, address_of
@@ -36,7 +38,7 @@ def payer_for(ledger: VoucherLedger, deposit: int, *, max_price: int = PRICE) ->
     return Payer(ledger, signer, 0, Budget(deposit), max_price)
 
 
-def payee_for(ledger: VoucherLedger, pools: dict[bytes, Pool], **kwargs: int) -> Payee:
+def payee_for(ledger: VoucherLedger, pools: dict[bytes, Pool], **kwargs: float) -> Payee:
     from coincurve import PrivateKey
 
     address = address_of(PrivateKey(os.urandom(32)).public_key)
@@ -212,3 +214,101 @@ async def test_a_seeder_stops_serving_an_unlocking_or_flagged_payer(
             Role.RECEIVED, DOMAIN, payer.signer.address, payee.address, 0
         )
         assert received is None or received.cumulative <= price_of((2 << 20) + (2 << 20), PRICE)
+
+
+async def test_a_payer_that_stops_paying_is_served_one_credit_window_then_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def freeload(self: PayerLink, piece: int, nbytes: int) -> None:
+        """Accepts the terms, takes the pieces, never sends a voucher."""
+
+    monkeypatch.setattr(PayerLink, "pay_for", freeload)
+    window = 2 << 20
+    with (
+        VoucherLedger(tmp_path / "seeder.sqlite") as seeder_ledger,
+        VoucherLedger(tmp_path / "fetcher.sqlite") as fetcher_ledger,
+    ):
+        payer = payer_for(fetcher_ledger, deposit=10**18)
+        payee = payee_for(
+            seeder_ledger, {}, credit_window=window, voucher_timeout=1
+        )
+        result, seeder_events, _ = await run_pair(tmp_path, payee, payer, free_seeder=True)
+        refused = [e for e in seeder_events if isinstance(e, PaymentRefused)]
+        assert any("no voucher" in e.reason for e in refused), refused
+        from_paid = max(result.bytes_from_peers.values(), default=0)
+        largest_piece = 1 << 20
+        paid_seeder_bytes = sorted(result.bytes_from_peers.values())
+        # the paid seeder is the one that served at most a window (plus the piece in flight)
+        assert paid_seeder_bytes[0] <= window + largest_piece, result.bytes_from_peers
+        assert from_paid > window  # the free seeder supplied the rest
+
+
+async def test_no_voucher_is_signed_for_a_corrupt_piece(tmp_path: Path) -> None:
+    _, v2 = write_sample_builds(tmp_path)
+    manifest = thetadist.create_manifest(v2)
+    pools: dict[bytes, Pool] = {}
+    events: list[Event] = []
+    with (
+        VoucherLedger(tmp_path / "seeder.sqlite") as seeder_ledger,
+        VoucherLedger(tmp_path / "fetcher.sqlite") as fetcher_ledger,
+    ):
+        payer = payer_for(fetcher_ledger, deposit=10**18)
+        pools[payer.signer.address] = Pool(deposit=10**18)
+        payee = payee_for(seeder_ledger, pools)
+        source = CorruptingSource(manifest, v2)
+        liar = Swarm(
+            manifest,
+            source,
+            config=thetadist.SwarmConfig(listen=("127.0.0.1", 0)),
+            payments=Payments(payee=payee),
+        )
+        liar.download_complete.set()
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(liar.run)
+                honest = await nursery.start(
+                    partial(thetadist.seed, manifest, v2, listen=("127.0.0.1", 0))
+                )
+                result = await nursery.start(
+                    partial(
+                        thetadist.fetch,
+                        manifest,
+                        tmp_path / "out",
+                        peers=[("127.0.0.1", liar.port), ("127.0.0.1", honest.port)],
+                        payments=Payments(payer=payer),
+                        on_event=events.append,
+                    )
+                )
+                while not result.complete:
+                    await trio.sleep(0.05)
+                nursery.cancel_scope.cancel()
+        assert thetadist.verify_tree(manifest, tmp_path / "out").intact
+        assert source.corrupted, "the liar was never asked for the corrupt piece"
+        assert result.peers_banned == [f"127.0.0.1:{liar.port}"]
+        paid = [e for e in events if isinstance(e, VoucherSigned)]
+        assert all(e.piece not in source.corrupted for e in paid)
+        signed = fetcher_ledger.entries(role=Role.SIGNED, limit=None)
+        assert all(entry.piece not in source.corrupted for entry in signed)
+        # it paid exactly for the verified bytes the liar sent before it lied
+        liar_bytes = result.bytes_from_peers.get(f"127.0.0.1:{liar.port}", 0)
+        assert fetcher_ledger.committed(DOMAIN, payer.signer.address, 0) == price_of(
+            liar_bytes, PRICE
+        )
+
+
+class CorruptingSource(DirectorySource):
+    """Serves the build, except that every fourth piece it serves arrives with a flipped
+    byte."""
+
+    def __init__(self, manifest: thetadist.Manifest, root: Path) -> None:
+        super().__init__(manifest, root)
+        self.served = 0
+        self.corrupted: set[int] = set()
+
+    async def read_piece(self, index: int) -> bytes:
+        data = bytearray(await super().read_piece(index))
+        self.served += 1
+        if self.served % 4 == 0:
+            data[len(data) // 2] ^= 0xFF
+            self.corrupted.add(index)
+        return bytes(data)

@@ -27,6 +27,8 @@ from thetadist.errors import ChainError, InsufficientFunds, PaymentError
 from thetadist.events import EventCallback, VoucherReceived, VoucherSigned
 from thetadist.pay.accounts import (
     DEFAULT_CREDIT_WINDOW,
+    DEFAULT_POOL_REFRESH,
+    DEFAULT_VOUCHER_TIMEOUT,
     Action,
     Budget,
     PayeeSession,
@@ -66,7 +68,9 @@ class Payee:
     price_per_mib: int
     read_pool: PoolReader
     credit_window: int = DEFAULT_CREDIT_WINDOW
-    pool_refresh: float = 30.0
+    pool_refresh: float = DEFAULT_POOL_REFRESH
+    #: A payer that leaves us waiting this long for a voucher while it owes is refused.
+    voucher_timeout: float = DEFAULT_VOUCHER_TIMEOUT
     _pools: dict[bytes, tuple[PoolView, float]] = field(default_factory=dict)
     _reading: dict[bytes, trio.Event] = field(default_factory=dict)
 
@@ -214,6 +218,7 @@ class PayeeLink:
             payee.price_per_mib,
             credit_window=payee.credit_window,
             pool_refresh=payee.pool_refresh,
+            voucher_timeout=payee.voucher_timeout,
         )
         self._changed = trio.Event()
 
