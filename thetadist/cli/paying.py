@@ -58,8 +58,8 @@ LedgerOption = Annotated[
     typer.Option(
         "--ledger",
         metavar="FILE",
-        help="Voucher ledger (SQLite) [default: $THETADIST_LEDGER or "
-        "~/.local/share/thetadist/vouchers.sqlite].",
+        help="Voucher ledger, SQLite (default: $THETADIST_LEDGER, else "
+        "~/.local/share/thetadist/vouchers.sqlite).",
     ),
 ]
 
