@@ -23,6 +23,7 @@ from typing import Any
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 
+from bench.pay_gas import voucher_typed_data
 from thetadist.pay.ledger import VoucherLedger
 from thetadist.pay.voucher import Domain, SignedVoucher, Voucher, VoucherSigner, verify
 
@@ -42,35 +43,14 @@ def median_us(operation: Callable[[int], object], count: int) -> float:
 
 
 def typed_data(voucher: Voucher) -> dict[str, Any]:
-    return {
-        "types": {
-            "EIP712Domain": [
-                {"name": "name", "type": "string"},
-                {"name": "version", "type": "string"},
-                {"name": "chainId", "type": "uint256"},
-                {"name": "verifyingContract", "type": "address"},
-            ],
-            "Voucher": [
-                {"name": "payer", "type": "address"},
-                {"name": "payee", "type": "address"},
-                {"name": "epoch", "type": "uint64"},
-                {"name": "cumulativeAmount", "type": "uint256"},
-            ],
-        },
-        "primaryType": "Voucher",
-        "domain": {
-            "name": "thetadist",
-            "version": "1",
-            "chainId": DOMAIN.chain_id,
-            "verifyingContract": "0x" + DOMAIN.contract.hex(),
-        },
-        "message": {
-            "payer": "0x" + voucher.payer.hex(),
-            "payee": "0x" + voucher.payee.hex(),
-            "epoch": voucher.epoch,
-            "cumulativeAmount": voucher.cumulative,
-        },
-    }
+    return voucher_typed_data(
+        "0x" + voucher.payer.hex(),
+        "0x" + voucher.payee.hex(),
+        voucher.epoch,
+        voucher.cumulative,
+        chain_id=DOMAIN.chain_id,
+        contract="0x" + DOMAIN.contract.hex(),
+    )
 
 
 def ledger_record_us(directory: Path, vouchers: list[SignedVoucher], *, durable: bool) -> float:

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import thetadist.pay.voucher as voucher_module
+from bench.pay_gas import voucher_typed_data
 from thetadist.errors import InvalidTicket
 from thetadist.pay.voucher import (
     MAX_UINT64,
@@ -40,35 +41,14 @@ domains = st.builds(Domain, st.integers(1, MAX_UINT64), addresses)
 
 
 def typed_data(voucher: Voucher, domain: Domain) -> dict:
-    return {
-        "types": {
-            "EIP712Domain": [
-                {"name": "name", "type": "string"},
-                {"name": "version", "type": "string"},
-                {"name": "chainId", "type": "uint256"},
-                {"name": "verifyingContract", "type": "address"},
-            ],
-            "Voucher": [
-                {"name": "payer", "type": "address"},
-                {"name": "payee", "type": "address"},
-                {"name": "epoch", "type": "uint64"},
-                {"name": "cumulativeAmount", "type": "uint256"},
-            ],
-        },
-        "primaryType": "Voucher",
-        "domain": {
-            "name": "thetadist",
-            "version": "1",
-            "chainId": domain.chain_id,
-            "verifyingContract": "0x" + domain.contract.hex(),
-        },
-        "message": {
-            "payer": "0x" + voucher.payer.hex(),
-            "payee": "0x" + voucher.payee.hex(),
-            "epoch": voucher.epoch,
-            "cumulativeAmount": voucher.cumulative,
-        },
-    }
+    return voucher_typed_data(
+        "0x" + voucher.payer.hex(),
+        "0x" + voucher.payee.hex(),
+        voucher.epoch,
+        voucher.cumulative,
+        chain_id=domain.chain_id,
+        contract="0x" + domain.contract.hex(),
+    )
 
 
 def signed_by(key: bytes = KEY, cumulative: int = 10**15, domain: Domain = DOMAIN) -> SignedVoucher:

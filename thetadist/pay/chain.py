@@ -45,6 +45,7 @@ from web3.types import TxParams, TxReceipt, Wei
 
 from thetadist.errors import ChainError
 from thetadist.pay.compile import ARTIFACT_PATH
+from thetadist.pay.ledger import VoucherLike as LedgerVoucher
 
 #: redeemBatch's bound (``MAX_BATCH`` in the contract); split longer lists.
 MAX_BATCH = 256
@@ -70,17 +71,9 @@ _DOMAIN_TYPEHASH = keccak(
 T = TypeVar("T")
 
 
-class VoucherLike(Protocol):
+class VoucherLike(LedgerVoucher, Protocol):
     """What :meth:`TicketPool.redeem_batch` reads from a voucher (e.g. ``SignedVoucher``)."""
 
-    @property
-    def payer(self) -> bytes: ...
-    @property
-    def payee(self) -> bytes: ...
-    @property
-    def epoch(self) -> int: ...
-    @property
-    def cumulative(self) -> int: ...
     @property
     def signature(self) -> bytes: ...
 
