@@ -183,10 +183,15 @@ class PayerLink:
             payer.budget,
         )
         payer._active.add(terms.payee)
+        self._closed = False
         self._lock = threading.Lock()
 
     def close(self) -> None:
-        self.payer._active.discard(self.payee)
+        """Let another connection pay this payee (idempotent: a second call must not free
+        the slot a newer link has taken since)."""
+        if not self._closed:
+            self._closed = True
+            self.payer._active.discard(self.payee)
 
     def pay_for(self, piece: int, nbytes: int) -> None:
         """Call only after the piece verified.  Sign, record, then send; raises

@@ -89,6 +89,8 @@ HANDSHAKE_TIMEOUT = 10.0
 IDLE_TIMEOUT = 120.0
 KEEPALIVE_INTERVAL = 30.0
 SEND_TIMEOUT = 60.0
+#: How long a closing session may take to send what it had queued.
+FLUSH_TIMEOUT = 0.5
 CONNECT_TIMEOUT = 10.0
 REDIAL_INTERVAL = 5.0
 TICK = 0.25
@@ -163,6 +165,8 @@ class PeerSession:
         self.sent_pieces = bytearray(len(swarm.manifest.pieces))
         self._outbox: deque[bytes | memoryview] = deque()
         self._outbox_ready = trio.Event()
+        #: The writer is inside send_all: a cancelled send leaves a partial frame behind.
+        self._mid_send = False
         self._queued_payloads = 0
         self._payload_sent = trio.Event()
         self._uploads: deque[ChunkRun] = deque()
@@ -188,17 +192,33 @@ class PeerSession:
                 nursery.start_soon(self._guarded, self._main)
                 nursery.start_soon(self._guarded, self._writer)
         finally:
-            if self.payer_link is not None:
-                self.payer_link.close()
+            self._release_payment()
             self.swarm.session_ended(self, self._end_reason or "closed")
+            with trio.CancelScope(shield=True), trio.move_on_after(FLUSH_TIMEOUT):
+                await self._flush()
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await self.stream.aclose()
 
     def end(self, reason: str) -> None:
         if self._end_reason is None:
             self._end_reason = reason
+        # A replacement connection to the same payee may start paying at once.
+        self._release_payment()
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
+
+    def _release_payment(self) -> None:
+        if self.payer_link is not None:
+            self.payer_link.close()
+
+    async def _flush(self) -> None:
+        """Send what is queued (a voucher for the last piece, say) before closing, unless
+        the writer was stopped halfway through a frame or the connection is gone."""
+        if self._mid_send or not self._outbox:
+            return
+        with suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            while self._outbox:
+                await self.stream.send_all(self._outbox.popleft())
 
     async def _guarded(self, task: Callable[[], Awaitable[None]]) -> None:
         try:
@@ -346,8 +366,10 @@ class PeerSession:
                     break
                 batch.append(outbox.popleft())
             data = batch[0] if len(batch) == 1 else b"".join(batch)
+            self._mid_send = True
             with trio.move_on_after(SEND_TIMEOUT) as scope:
                 await stream.send_all(data)
+            self._mid_send = False
             if scope.cancelled_caught:
                 raise PeerTimeout(f"peer took no data for {SEND_TIMEOUT:.0f} s")
             self._last_sent = trio.current_time()
@@ -364,6 +386,8 @@ class PeerSession:
             while self._queued_payloads >= UPLOAD_AHEAD:
                 self._payload_sent = trio.Event()
                 await self._payload_sent.wait()
+            if not self._uploads:
+                continue  # a CANCEL took the only queued run while we waited for the socket
             run = self._uploads.popleft()
             if swarm.reject_if_held_back(self, run):
                 continue  # decided when sending, not when asked: another copy may be out now
