@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from thetadist.errors import InvalidTicket, StoreError
-from thetadist.pay.ledger import Role, VoucherLedger
+from thetadist.pay.ledger import SCHEMA_VERSION, Role, VoucherLedger
 from thetadist.pay.voucher import MAX_UINT64, MAX_UINT256, Domain, SignedVoucher, Voucher
 
 DOMAIN = Domain(31337, b"\xcc" * 20)
@@ -187,13 +187,13 @@ def test_hostile_files_are_store_errors(tmp_path: Path) -> None:
     future = tmp_path / "future.sqlite"
     VoucherLedger(future).close()
     with sqlite3.connect(future) as newer:
-        newer.execute("PRAGMA user_version=2")
+        newer.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
     directory = tmp_path / "a directory"
     directory.mkdir()
     for path, reason in [
         (garbage, "not a usable voucher ledger"),
         (foreign, "not a voucher ledger"),
-        (future, "has format 2"),
+        (future, f"has format {SCHEMA_VERSION + 1}"),
         (directory, "voucher ledger"),
     ]:
         with pytest.raises(StoreError, match=reason) as raised:

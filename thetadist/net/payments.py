@@ -197,6 +197,7 @@ class PayerLink:
         """Call only after the piece verified.  Sign, record, then send; raises
         :class:`PaymentStopped` when the deposit cannot pay (nothing is signed then)."""
         with self._lock:  # keeps sign → record → send in cumulative order
+            previous = self.accounts.cumulative
             try:
                 signed = self.accounts.on_verified(nbytes)
             except InsufficientFunds as exc:
@@ -204,7 +205,7 @@ class PayerLink:
             if signed is None:
                 return
             step = self.payer.ledger.record_signed(
-                self.payer.domain, signed, piece=piece, nbytes=nbytes
+                self.payer.domain, signed, piece=piece, nbytes=nbytes, previous=previous
             )
             self.session.send(Voucher(signed.encode()))
         self.session.swarm.totals.paid += step
@@ -279,7 +280,9 @@ class PayeeLink:
                 redeemed=ledger.redeemed(domain, signed.payer, self.payee.address, signed.epoch),
             )
         accounts.accept(signed)  # a replayed or lower voucher raises InvalidTicket here
-        step = ledger.record_received(domain, signed)  # persisted before it counts
+        # persisted before it counts; ``paid`` is the ledger's head for this payer (bound from
+        # it, and moved only by vouchers recorded here)
+        step = ledger.record_received(domain, signed, previous=accounts.paid)
         accounts.credit(signed)
         self._changed.set()
         return VoucherReceived(

@@ -53,7 +53,7 @@ from thetadist.pay.voucher import Domain, SignedVoucher, Voucher, hex_address
 
 #: PRAGMA application_id of a ledger file ("tdvl"), so any other SQLite file is refused.
 APPLICATION_ID = 0x7464766C
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _U64_WRAP = 1 << 64
 _I64_TOP = 1 << 63
 
@@ -99,6 +99,39 @@ CREATE TABLE redemptions (
     tx_hash BLOB NOT NULL
 );
 """
+
+
+#: Appending a voucher moves its key's head in the same statement, and refuses one that is not
+#: above the head (32-byte big-endian blobs compare like the numbers): one INSERT per voucher
+#: instead of a transaction of four statements, on the hot path of every piece.
+_TRIGGERS = (
+    """
+CREATE TRIGGER vouchers_only_forward BEFORE INSERT ON vouchers
+WHEN NEW.cumulative <= coalesce((SELECT cumulative FROM heads WHERE role=NEW.role
+    AND chain_id=NEW.chain_id AND contract=NEW.contract AND payer=NEW.payer
+    AND payee=NEW.payee AND epoch=NEW.epoch), x'')
+BEGIN
+    SELECT RAISE(ABORT, 'voucher not above the head');
+END
+""",
+    """
+CREATE TRIGGER vouchers_move_head AFTER INSERT ON vouchers
+BEGIN
+    INSERT INTO heads (role, chain_id, contract, payer, payee, epoch, cumulative, signature,
+                       updated)
+    VALUES (NEW.role, NEW.chain_id, NEW.contract, NEW.payer, NEW.payee, NEW.epoch,
+            NEW.cumulative, NEW.signature, NEW.time)
+    ON CONFLICT DO UPDATE SET cumulative=excluded.cumulative, signature=excluded.signature,
+                              updated=excluded.updated;
+END
+""",
+)
+
+
+_HEAD = (
+    "SELECT cumulative FROM heads WHERE role=? AND chain_id=? AND contract=? AND payer=? "
+    "AND payee=? AND epoch=?"
+)
 
 
 class Role(enum.StrEnum):
@@ -208,9 +241,13 @@ class VoucherLedger:
                         raise StoreError(
                             f"{str(self.path)!r} is an SQLite file but not a voucher ledger"
                         )
+                    # small pages: a voucher's commit writes two of them to the WAL
+                    db.execute("PRAGMA page_size=1024")
                     for statement in _SCHEMA.split(";"):
                         if statement.strip():
                             db.execute(statement)
+                    for trigger in _TRIGGERS:
+                        db.execute(trigger)
                     db.execute(f"PRAGMA application_id={APPLICATION_ID}")
                     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                 db.execute("COMMIT")
@@ -269,14 +306,18 @@ class VoucherLedger:
         piece: int | None = None,
         nbytes: int = 0,
         now: float | None = None,
+        previous: int | None = None,
     ) -> int:
         """Append ``signed`` to the log and make it the head of its key; return the amount of
         this step (its cumulative minus the previous head's).  It is committed (see the module
         docstring for how durably) when this returns.
 
-        Raises :class:`InvalidTicket` when the voucher is not above the head already recorded
-        (a replay, or two sessions racing for one payer and payee): nothing is written then.
-        The ledger stores; it does not verify signatures — the sessions do that first.
+        ``previous`` is the head's cumulative as the caller knows it (a session does): the
+        voucher is then written by one INSERT.  Without it the head is read first, in the same
+        transaction.  Either way the ledger itself refuses a voucher that is not above the head
+        recorded (a replay, or two sessions racing for one payer and payee) with
+        :class:`InvalidTicket`, and nothing is written then.  The ledger stores; it does not
+        verify signatures — the sessions do that first.
         """
         when = time.time() if now is None else now
         key = (
@@ -287,35 +328,35 @@ class VoucherLedger:
             signed.payee,
             _i64(signed.epoch),
         )
+        insert = (
+            "INSERT INTO vouchers (time, role, chain_id, contract, payer, payee, epoch, "
+            "cumulative, amount, piece, nbytes, signature) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+        )
         cumulative = _u256(signed.cumulative)
         with self._locked() as db:
-            db.execute("BEGIN IMMEDIATE")
-            row = db.execute(
-                "SELECT cumulative FROM heads WHERE role=? AND chain_id=? AND contract=? "
-                "AND payer=? AND payee=? AND epoch=?",
-                key,
-            ).fetchone()
-            previous = _int(row[0]) if row else 0
-            if row is not None and previous >= signed.cumulative:
+            try:
+                if previous is not None:
+                    amount = signed.cumulative - previous
+                    values = (when, *key, cumulative, _u256(max(amount, 0)), piece, nbytes)
+                    db.execute(insert, (*values, signed.signature))
+                    return amount
+                db.execute("BEGIN IMMEDIATE")
+                row = db.execute(_HEAD, key).fetchone()
+                amount = signed.cumulative - (_int(row[0]) if row else 0)
+                values = (when, *key, cumulative, _u256(max(amount, 0)), piece, nbytes)
+                db.execute(insert, (*values, signed.signature))
+                db.execute("COMMIT")
+                return amount
+            except sqlite3.IntegrityError as exc:
+                if "not above the head" not in str(exc):
+                    raise
+                self._abandon_transaction()
+                row = db.execute(_HEAD, key).fetchone()
                 raise InvalidTicket(
-                    f"voucher cumulative {signed.cumulative} is not above {previous}, "
-                    f"already recorded for payer {hex_address(signed.payer)}"
-                )
-            amount = signed.cumulative - previous
-            db.execute(
-                "INSERT INTO vouchers (time, role, chain_id, contract, payer, payee, epoch, "
-                "cumulative, amount, piece, nbytes, signature) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (when, *key, cumulative, _u256(amount), piece, nbytes, signed.signature),
-            )
-            db.execute(
-                "INSERT INTO heads (role, chain_id, contract, payer, payee, epoch, cumulative, "
-                "signature, updated) VALUES (?,?,?,?,?,?,?,?,?) "
-                "ON CONFLICT DO UPDATE SET cumulative=excluded.cumulative, "
-                "signature=excluded.signature, updated=excluded.updated",
-                (*key, cumulative, signed.signature, when),
-            )
-            db.execute("COMMIT")
-        return amount
+                    f"voucher cumulative {signed.cumulative} is not above "
+                    f"{_int(row[0]) if row else 0}, already recorded for payer "
+                    f"{hex_address(signed.payer)}"
+                ) from None
 
     def record_signed(
         self,
@@ -325,9 +366,12 @@ class VoucherLedger:
         piece: int | None = None,
         nbytes: int = 0,
         now: float | None = None,
+        previous: int | None = None,
     ) -> int:
         """Payer side: call before sending ``signed`` (see ``accounts.PayerSession``)."""
-        return self.record(Role.SIGNED, domain, signed, piece=piece, nbytes=nbytes, now=now)
+        return self.record(
+            Role.SIGNED, domain, signed, piece=piece, nbytes=nbytes, now=now, previous=previous
+        )
 
     def record_received(
         self,
@@ -337,9 +381,12 @@ class VoucherLedger:
         piece: int | None = None,
         nbytes: int = 0,
         now: float | None = None,
+        previous: int | None = None,
     ) -> int:
         """Payee side: call after verifying ``signed`` and before counting it."""
-        return self.record(Role.RECEIVED, domain, signed, piece=piece, nbytes=nbytes, now=now)
+        return self.record(
+            Role.RECEIVED, domain, signed, piece=piece, nbytes=nbytes, now=now, previous=previous
+        )
 
     def mark_redeemed(
         self,
