@@ -132,10 +132,11 @@ def set_up_payments(
         if wallet is not None:
             raise UsageError("--wallet needs --price (to charge) or --max-price (to pay)")
         return None
+    # every argument is checked before anything touches the chain
     price_wei = amount_option(price, "price") if price is not None else 0
     if price is not None and price_wei == 0:
         raise UsageError("--price must be above zero; use --free to serve for nothing")
-
+    max_price_wei = amount_option(max_price, "max-price") if max_price is not None else None
     window = parse_size(credit_window)
     pool = connect_pool(rpc, contract, config)
     voucher_ledger = open_ledger(ledger)
@@ -146,7 +147,7 @@ def set_up_payments(
     if price is not None:
         address = bytes.fromhex(wallet_address(wallet_path)[2:])
         payee = charging(pool, voucher_ledger, address, price_wei, credit_window=window)
-    if max_price is not None:
+    if max_price_wei is not None:
         account = open_wallet(wallet_path)
-        payer = paying(pool, voucher_ledger, account, amount_option(max_price, "max-price"))
+        payer = paying(pool, voucher_ledger, account, max_price_wei)
     return Payments(payee=payee, payer=payer)
