@@ -30,6 +30,7 @@ from eth_account.signers.local import LocalAccount
 from bench.bench_swarm import prepare_dataset
 from bench.pay_crypto import measure as measure_crypto
 from bench.pay_gas import measure_gas, running_anvil
+from bench.pay_gas import report_lines as gas_report_lines
 from bench.swarm_run import SwarmSpec, run_swarm
 from thetadist.pay.accounts import price_of
 from thetadist.pay.chain import Chain, TicketPool
@@ -166,18 +167,8 @@ def main() -> None:
             if "gas" in parts:
                 gas = measure_gas(rpc)
                 report["gas"] = gas
-                log(f"{'case':<28}{'vouchers':>9}{'gas':>12}{'gas/voucher':>14}")
-                for name, case in gas["cases"].items():
-                    log(
-                        f"{name:<28}{case['vouchers']:>9}{case['gas']:>12,}"
-                        f"{case['gas_per_voucher']:>14,.0f}"
-                    )
-                target = gas["target"]
-                log(
-                    f"gas per voucher at batch {target['batch']}: "
-                    f"{target['gas_per_voucher']:,.0f} (target < {target['limit']:,}: "
-                    f"{'met' if target['met'] else 'NOT met'})"
-                )
+                for line in gas_report_lines(gas):
+                    log(line)
             if "transfer" in parts:
                 size = parse_size(options.size)
                 transfer = bench_transfer(options.workdir, size, options.repeat, rpc)

@@ -247,19 +247,24 @@ def main() -> None:
     if options.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{'case':<28}{'vouchers':>9}{'gas':>12}{'gas/voucher':>14}")
-        for name, case in result["cases"].items():
-            print(
-                f"{name:<28}{case['vouchers']:>9}{case['gas']:>12,}"
-                f"{case['gas_per_voucher']:>14,.0f}"
-            )
-        target = result["target"]
-        verdict = "below" if target["met"] else "NOT below"
-        print(
-            f"batch {target['batch']}: {target['gas_per_voucher']:,.0f} gas/voucher, "
-            f"{verdict} the {target['limit']:,} target"
-        )
+        print("\n".join(report_lines(result)))
     sys.exit(0 if result["target"]["met"] else 1)
+
+
+def report_lines(result: dict[str, Any]) -> list[str]:
+    """The human table of :func:`measure_gas`'s result, with the verdict on the target."""
+    lines = [f"{'case':<28}{'vouchers':>9}{'gas':>12}{'gas/voucher':>14}"]
+    for name, case in result["cases"].items():
+        lines.append(
+            f"{name:<28}{case['vouchers']:>9}{case['gas']:>12,}{case['gas_per_voucher']:>14,.0f}"
+        )
+    target = result["target"]
+    verdict = "met" if target["met"] else "NOT met"
+    lines.append(
+        f"gas per voucher at batch {target['batch']}: {target['gas_per_voucher']:,.0f} "
+        f"(target < {target['limit']:,}: {verdict})"
+    )
+    return lines
 
 
 if __name__ == "__main__":

@@ -88,6 +88,12 @@ def build(tmp: Path, mib: int = 24) -> tuple[Path, Path]:
     return src, manifest
 
 
+def redeem(world: World, wallet: Path, ledger: Path) -> dict[str, object]:
+    return run_thetadist(
+        "tickets", "redeem", "--wallet", wallet, "--ledger", ledger, *world.chain_args()
+    )
+
+
 def fund(world: World, wallet: Path, deposit: str, collateral: str) -> None:
     run_thetadist(
         "pool",
@@ -164,29 +170,13 @@ def test_paid_fetch_then_redeem_credits_exactly_the_price_of_what_was_served(
     assert listed["vouchers"] == fetched["vouchers_signed"]
     assert listed["amount_wei"] == fetched["paid_wei"]
 
-    redeemed = run_thetadist(
-        "tickets",
-        "redeem",
-        "--wallet",
-        seeder_wallet,
-        "--ledger",
-        seeder_ledger,
-        *world.chain_args(),
-    )
+    redeemed = redeem(world, seeder_wallet, seeder_ledger)
     assert redeemed["vouchers"] == 1  # one payer: its latest cumulative voucher settles all
     assert redeemed["redeemed_wei"] == price_of(downloaded, PRICE)
     earnings = run_thetadist("earnings", seeder_address, *world.chain_args())
     assert earnings["earnings_wei"] == price_of(downloaded, PRICE)
     # redeeming again pays nothing more
-    again = run_thetadist(
-        "tickets",
-        "redeem",
-        "--wallet",
-        seeder_wallet,
-        "--ledger",
-        seeder_ledger,
-        *world.chain_args(),
-    )
+    again = redeem(world, seeder_wallet, seeder_ledger)
     assert again["vouchers"] == 0
     chain = Chain.connect(world.rpc)
     before = chain.balance(seeder_address)
@@ -252,15 +242,7 @@ def test_a_seeder_killed_with_sigkill_keeps_every_voucher_it_acted_on(
     # the fetcher verified is covered by the kept voucher, up to one window.
     cumulative = kept[0].voucher.cumulative
     assert cumulative >= price_of(verified, PRICE) - price_of(window, PRICE) - PRICE
-    redeemed = run_thetadist(
-        "tickets",
-        "redeem",
-        "--wallet",
-        seeder_wallet,
-        "--ledger",
-        seeder_ledger,
-        *world.chain_args(),
-    )
+    redeemed = redeem(world, seeder_wallet, seeder_ledger)
     assert redeemed["redeemed_wei"] == cumulative
 
 
@@ -366,13 +348,5 @@ def test_a_fetcher_killed_at_random_points_never_overspends_nor_forks_its_vouche
         if event.get("event") == "payment_refused" and "not above" in str(event.get("reason"))
     ], "a restarted fetcher re-signed a cumulative amount the seeder already had"
     seeder.interrupt_and_wait(10)
-    redeemed = run_thetadist(
-        "tickets",
-        "redeem",
-        "--wallet",
-        seeder_wallet,
-        "--ledger",
-        seeder_ledger,
-        *world.chain_args(),
-    )
+    redeemed = redeem(world, seeder_wallet, seeder_ledger)
     assert redeemed["redeemed_wei"] == received.cumulative <= deposit
