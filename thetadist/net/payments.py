@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 
 #: A pool read that failed is retried after this long (the chain node may be restarting).
 POOL_RETRY = 2.0
+#: Payers' pools remembered per node (each was read for a payer that signed a voucher).
+MAX_CACHED_POOLS = 10_000
 #: Longest a parked upload sleeps before asking its link again (timeouts are checked then).
 RECHECK = 1.0
 
@@ -94,7 +96,10 @@ class Payee:
         self._reading[payer] = reading = trio.Event()
         try:
             state = await trio.to_thread.run_sync(self.read_pool, payer)
-            self._pools[payer] = cached = (state, trio.current_time())
+            if len(self._pools) >= MAX_CACHED_POOLS:  # strangers' keys cost nothing to make
+                del self._pools[next(iter(self._pools))]  # the oldest read
+            self._pools.pop(payer, None)
+            self._pools[payer] = (state, trio.current_time())
         except ChainError:
             pass  # keep the stale copy, if any; the link waits and asks again
         finally:
