@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from thetadist.errors import LocalProtocolError, RemoteProtocolError
 from thetadist.wire import (
+    DIRECT_PAYLOAD_MIN,
     FIRST_EXTENSION_TYPE,
     MAX_HANDSHAKE_FRAME,
     NEED_DATA,
@@ -41,11 +42,16 @@ MANIFEST_ID = bytes(range(32))
 CHUNK_SIZES: list[list[int]] = [[100, 200, 300], [50], [1000, 1000], [7] * 9]
 
 
-def make_connection(peer: int, **handshake_fields: Any) -> PeerConnection:
+def make_connection(
+    peer: int, *, direct_payload_min: int = DIRECT_PAYLOAD_MIN, **handshake_fields: Any
+) -> PeerConnection:
     handshake_fields.setdefault("manifest_id", MANIFEST_ID)
     our_handshake = Handshake(peer_id=bytes([peer]) * 20, **handshake_fields)
     return PeerConnection(
-        our_handshake, piece_count=len(CHUNK_SIZES), piece_chunk_sizes=CHUNK_SIZES
+        our_handshake,
+        piece_count=len(CHUNK_SIZES),
+        piece_chunk_sizes=CHUNK_SIZES,
+        direct_payload_min=direct_payload_min,
     )
 
 
@@ -61,6 +67,21 @@ def drain(connection: PeerConnection) -> list[Event]:
 def deliver(data: bytes, to: PeerConnection) -> list[Event]:
     to.receive_data(data)
     return drain(to)
+
+
+def read_into(data: bytes, to: PeerConnection, read_size: int = 1 << 20) -> list[Event]:
+    """Deliver ``data`` as a socket shell does: ``recv_into`` what ``receive_buffer`` offers,
+    at most ``read_size`` bytes a read, draining the events after every read."""
+    events: list[Event] = []
+    while data:
+        view = to.receive_buffer(read_size)
+        count = min(len(view), len(data), read_size)
+        view[:count] = data[:count]
+        view.release()
+        to.received(count)
+        events.extend(drain(to))
+        data = data[count:]
+    return events
 
 
 def handshaken_pair(
@@ -493,13 +514,17 @@ actions = st.one_of(
 
 
 @settings(max_examples=200)
-@given(st.lists(actions, max_size=30), st.integers(1, 700))
+@given(st.lists(actions, max_size=30), st.integers(1, 700), st.booleans())
 def test_random_conversations_arrive_intact_in_any_read_size(
-    steps: Sequence[tuple[Any, ...]], read_size: int
+    steps: Sequence[tuple[Any, ...]], read_size: int, direct: bool
 ) -> None:
     """A fetcher and a seeder take random legal turns; each receives exactly what the other
-    sent, whatever the read size, and every request ends answered or still pending."""
-    fields = {"capabilities": Capability.VOUCHERS, "max_outstanding_requests": 4}
+    sent, whatever the read size, and every request ends answered or still pending.  With
+    ``direct``, bytes are read into ``receive_buffer`` and every PIECE payload split by a
+    read lands in its own buffer."""
+    fields: dict[str, Any] = {"capabilities": Capability.VOUCHERS, "max_outstanding_requests": 4}
+    if direct:
+        fields["direct_payload_min"] = 1
     fetcher, seeder = handshaken_pair(fields, fields)
     sent_to_seeder: list[Event] = []
     sent_to_fetcher: list[Event] = []
@@ -507,6 +532,9 @@ def test_random_conversations_arrive_intact_in_any_read_size(
     received_by_fetcher: list[Event] = []
 
     def carry(data: bytes, to: PeerConnection, into: list[Event]) -> None:
+        if direct:
+            into.extend(read_into(data, to, read_size))
+            return
         for start in range(0, len(data), read_size):
             into.extend(deliver(data[start : start + read_size], to))
 
@@ -546,3 +574,170 @@ def test_random_conversations_arrive_intact_in_any_read_size(
     assert received_by_seeder == sent_to_seeder
     assert received_by_fetcher == sent_to_fetcher
     assert set(fetcher.requests_sent) == set(seeder.requests_received)
+
+
+# ------------------------------------------------------------------ reading into the buffer
+
+
+def test_one_byte_trickle_through_the_receive_buffer_gives_the_same_events() -> None:
+    a, b = handshaken_pair({"direct_payload_min": 1})
+    request = Request(3, 2, 5)
+    deliver(a.send(request), b)
+    stream = (
+        b.send(Bitfield.from_pieces(len(CHUNK_SIZES), [3]))
+        + b.send(Piece(3, 2, 5, piece_data(request)))
+        + b.send(KeepAlive())
+        + b.send(Goodbye(GoodbyeReason.SHUTTING_DOWN, "bye ✓"))
+    )
+    trickled = read_into(stream, a, read_size=1)
+    a.received(0)
+    trickled.extend(drain(a))
+    assert trickled == [
+        Bitfield.from_pieces(len(CHUNK_SIZES), [3]),
+        Piece(3, 2, 5, piece_data(request)),
+        KeepAlive(),
+        Goodbye(GoodbyeReason.SHUTTING_DOWN, "bye ✓"),
+        ConnectionClosed(),
+    ]
+
+
+def piece_conversation() -> tuple[PeerConnection, bytes, Piece]:
+    """A fetcher (diverting payloads from 1 byte up) that asked for piece 2, and the stream
+    the seeder answers with: the PIECE between a HAVE and a KEEPALIVE."""
+    a, b = handshaken_pair({"direct_payload_min": 1})
+    deliver(b.send(Bitfield.from_pieces(len(CHUNK_SIZES), [2])), a)
+    request = Request(2, 0, 2)
+    deliver(a.send(request), b)
+    piece = Piece(2, 0, 2, bytes(range(250)) * 8)
+    header, payload = b.send_piece_parts(piece)
+    return a, b.send(Have(2)) + header + payload + b.send(KeepAlive()), piece
+
+
+def test_a_payload_split_at_every_boundary_arrives_whole() -> None:
+    _a, stream, piece = piece_conversation()
+    header_end = len(encode_message(Have(2))) + 17
+    for cut in range(1, len(stream)):
+        a, _stream, _piece = piece_conversation()
+        events = read_into(stream[:cut], a) + read_into(stream[cut:], a)
+        assert events == [Have(2), piece, KeepAlive()]
+        received = events[1]
+        assert isinstance(received, Piece)
+        # Diverted exactly when the first read ended between the PIECE's header and its end.
+        diverted = header_end <= cut < header_end + len(piece.data)
+        assert isinstance(received.data, bytearray) is diverted
+        assert not a.requests_sent and len(a._buffer) == 0
+
+
+def test_a_large_payload_is_read_into_its_own_buffer() -> None:
+    size = 1 << 20
+    sizes = [[size], [size]]
+    fetcher = PeerConnection(
+        Handshake(manifest_id=MANIFEST_ID, peer_id=bytes(20), max_frame=size + 17),
+        piece_count=2,
+        piece_chunk_sizes=sizes,
+    )
+    seeder = PeerConnection(
+        Handshake(manifest_id=MANIFEST_ID, peer_id=bytes([1]) * 20, max_frame=size + 17),
+        piece_count=2,
+        piece_chunk_sizes=sizes,
+    )
+    read_into(fetcher.send(fetcher.our_handshake), seeder)
+    read_into(seeder.send(seeder.our_handshake), fetcher)
+    read_into(fetcher.send(Request(1, 0, 1)), seeder)
+    header, payload = seeder.send_piece_parts(Piece(1, 0, 1, bytes([7]) * size))
+    stream = header + payload
+    first = 256 * 1024
+    assert read_into(stream[:first], fetcher, first) == []
+    view = fetcher.receive_buffer(first)
+    assert len(view) == size - (first - 17)  # the payload's own rest, not the 256 KiB area
+    owner = view.obj
+    view.release()
+    (piece,) = read_into(stream[first:], fetcher, first)
+    assert isinstance(piece, Piece) and piece.data is owner and piece.data == payload
+
+
+def test_an_unrequested_piece_is_refused_before_any_payload_is_kept() -> None:
+    a, _b = handshaken_pair({"direct_payload_min": 1})
+    header = struct.pack(">IBIII", 13 + 50, MessageType.PIECE, 1, 0, 1)
+    with pytest.raises(RemoteProtocolError, match="unrequested PIECE"):
+        read_into(header, a)
+    assert not a._buffer.payload_pending
+    assert a.their_state is State.ERROR
+    a.received(0)  # dropped: the connection is dead
+
+
+def test_a_piece_of_the_wrong_length_is_refused_from_its_header() -> None:
+    a, b = handshaken_pair({"direct_payload_min": 1})
+    deliver(a.send(Request(1, 0, 1)), b)
+    header = struct.pack(">IBIII", 13 + 49, MessageType.PIECE, 1, 0, 1)
+    with pytest.raises(RemoteProtocolError, match="49 bytes, not 50"):
+        read_into(header, a)
+    assert not a._buffer.payload_pending
+
+
+def test_an_oversized_piece_is_refused_before_any_payload_is_kept() -> None:
+    a, b = handshaken_pair({"direct_payload_min": 1})
+    deliver(a.send(Request(1, 0, 1)), b)
+    header = struct.pack(">IBIII", a.max_frame, MessageType.PIECE, 1, 0, 1)
+    with pytest.raises(RemoteProtocolError, match="exceeds the limit"):
+        read_into(header, a)
+    assert not a._buffer.payload_pending
+
+
+def test_an_unrequested_large_piece_costs_no_allocation() -> None:
+    import tracemalloc
+
+    big = 64 << 20
+    a, _b = handshaken_pair({"max_frame": big + 17}, {"max_frame": big + 17})
+    header = struct.pack(">IBIII", 13 + big, MessageType.PIECE, 1, 0, 1)
+    tracemalloc.start()
+    try:
+        with pytest.raises(RemoteProtocolError, match="unrequested PIECE"):
+            read_into(header + bytes(1000), a, 256 * 1024)
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+
+
+def test_a_piece_cancelled_while_its_payload_arrives_is_still_delivered() -> None:
+    a, stream, piece = piece_conversation()
+    assert read_into(stream[:100], a) == [Have(2)]
+    assert a._buffer.payload_pending
+    a.send(Cancel(2, 0, 2))  # crossed the PIECE on the wire
+    assert read_into(stream[100:], a) == [piece, KeepAlive()]
+
+
+def test_stream_ending_inside_a_diverted_payload_is_refused() -> None:
+    a, stream, _piece = piece_conversation()
+    read_into(stream[:100], a)
+    assert a._buffer.payload_pending
+    a.received(0)
+    with pytest.raises(RemoteProtocolError, match="middle of a frame"):
+        a.next_event()
+    assert a.their_state is State.ERROR
+    a.receive_buffer(4096)
+    a.received(10)  # dropped: the connection is dead
+    with pytest.raises(RemoteProtocolError):
+        a.next_event()
+
+
+def test_garbage_after_a_diverted_payload_is_refused() -> None:
+    a, stream, piece = piece_conversation()
+    end_of_piece = len(stream) - len(encode_message(KeepAlive()))
+    garbage = struct.pack(">IB", 1, 0x42)
+    assert read_into(stream[:100], a) == [Have(2)]
+    a.receive_data(stream[100:end_of_piece] + garbage)  # one read: payload rest, then garbage
+    assert a.next_event() == piece
+    with pytest.raises(RemoteProtocolError, match="unknown message type"):
+        a.next_event()
+    assert a.their_state is State.ERROR
+
+
+def test_data_after_end_of_stream_through_the_receive_buffer_is_our_fault() -> None:
+    a, _b = handshaken_pair()
+    a.received(0)
+    assert drain(a) == [ConnectionClosed()]
+    a.receive_buffer(16)
+    with pytest.raises(LocalProtocolError):
+        a.received(1)

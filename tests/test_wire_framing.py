@@ -259,3 +259,131 @@ def test_bitfield_helpers_agree_with_the_bit_order() -> None:
     assert list(bitfield.pieces()) == [0, 7, 9]
     with pytest.raises(LocalProtocolError):
         Bitfield.from_pieces(10, [10])
+
+
+# ------------------------------------------------------------------ reading into the buffer
+
+
+def read_into(buffer: ReceiveBuffer, data: bytes, read_size: int) -> None:
+    """Deliver ``data`` the way a socket shell does: ``recv_into`` the offered view."""
+    while data:
+        view = buffer.get_buffer(read_size)
+        count = min(len(view), len(data))
+        view[:count] = data[:count]
+        view.release()
+        buffer.advance(count)
+        data = data[count:]
+
+
+@given(st.lists(messages, max_size=12), st.integers(1, 5000))
+def test_reading_straight_into_the_buffer_gives_the_same_frames(
+    sent: list[Message], read_size: int
+) -> None:
+    stream = b"".join(encode_message(message) for message in sent)
+    buffer = ReceiveBuffer()
+    received: list[Message] = []
+    for start in range(0, len(stream), read_size):
+        read_into(buffer, stream[start : start + read_size], read_size)
+        received.extend(decode_all(buffer))
+    assert received == sent
+    assert len(buffer) == 0
+
+
+def test_a_view_still_alive_does_not_stop_the_buffer() -> None:
+    buffer = ReceiveBuffer()
+    stale = buffer.get_buffer(8)
+    buffer.advance(0)
+    big = encode_message(Bitfield(b"v" * 3000)) * 3
+    buffer.feed(big)  # grows the area while `stale` still points into the old one
+    assert decode_all(buffer) == [Bitfield(b"v" * 3000)] * 3
+    stale.release()
+
+
+def test_advance_must_match_the_buffer_handed_out() -> None:
+    buffer = ReceiveBuffer()
+    with pytest.raises(LocalProtocolError):
+        buffer.advance(1)
+    buffer.get_buffer(10)
+    with pytest.raises(LocalProtocolError):
+        buffer.advance(11)
+
+
+PAYLOAD = bytes(range(256)) * 40
+
+
+def piece_stream() -> bytes:
+    return encode_message(Piece(2, 3, 4, PAYLOAD)) + encode_message(Have(9))
+
+
+@pytest.mark.parametrize("cut", range(18, len(piece_stream()) - 9, 97))
+def test_a_payload_diverted_mid_frame_is_whole_and_uncopied(cut: int) -> None:
+    stream = piece_stream()
+    buffer = ReceiveBuffer()
+    read_into(buffer, stream[:cut], 1 << 20)
+    assert buffer.peek_frame(NO_LIMIT) is None
+    assert buffer.peek_piece_header() == (2, 3, 4, len(PAYLOAD))
+    buffer.begin_payload()
+    assert buffer.payload_pending and len(buffer) == cut - 17
+    view = buffer.get_buffer(16)
+    assert len(view) == len(PAYLOAD) - (cut - 17)  # the payload's own rest, not 16 bytes
+    owner = view.obj
+    view.release()
+    read_into(buffer, stream[cut:], 1 << 20)  # the rest of the payload, then the HAVE
+    payload = buffer.take_payload()
+    assert payload == PAYLOAD and payload is owner
+    assert not buffer.payload_pending
+    assert decode_all(buffer) == [Have(9)]
+
+
+def test_a_payload_trickles_in_one_byte_at_a_time() -> None:
+    stream = piece_stream()
+    buffer = ReceiveBuffer()
+    read_into(buffer, stream[:17], 1)
+    buffer.begin_payload()
+    for index in range(17, len(stream)):
+        if index < 17 + len(PAYLOAD):
+            assert buffer.take_payload() is None
+        read_into(buffer, stream[index : index + 1], 1)
+    assert buffer.take_payload() == PAYLOAD
+    assert decode_all(buffer) == [Have(9)]
+
+
+def test_only_an_incomplete_piece_frame_can_be_diverted() -> None:
+    encoded = encode_message(Piece(0, 0, 1, b"abc"))
+    buffer = ReceiveBuffer()
+    buffer.feed(encode_message(Have(1)) + encoded[:16])
+    assert buffer.peek_piece_header() is None  # a HAVE comes first
+    assert decode_all(buffer) == [Have(1)]
+    assert buffer.peek_piece_header() is None  # the PIECE's fixed fields are not all in
+    with pytest.raises(LocalProtocolError):
+        buffer.begin_payload()
+    buffer.feed(encoded[16:17])
+    assert buffer.peek_piece_header() == (0, 0, 1, 3)
+    buffer.feed(encoded[17:])
+    assert buffer.peek_piece_header() is None  # complete: an ordinary frame
+    assert decode_all(buffer) == [Piece(0, 0, 1, b"abc")]
+
+
+def test_reads_ending_mid_frame_keep_the_area_at_the_read_size() -> None:
+    stream = b"".join(encode_message(Have(index)) for index in range(20_000))
+    buffer = ReceiveBuffer()
+    received: list[Message] = []
+    while stream:  # each read as large as the socket allows, drained before the next
+        view = buffer.get_buffer(5000)
+        count = min(len(view), len(stream))
+        view[:count] = stream[:count]
+        view.release()
+        buffer.advance(count)
+        stream = stream[count:]
+        received.extend(decode_all(buffer))
+        assert len(buffer._data) == 5000
+    assert received == [Have(index) for index in range(20_000)]
+
+
+def test_a_frame_larger_than_the_read_size_grows_the_area_until_it_is_consumed() -> None:
+    big = encode_message(Bitfield(bytes(30_000)))
+    buffer = ReceiveBuffer()
+    read_into(buffer, big + encode_message(Have(1)), 5000)
+    assert len(buffer._data) > 30_000
+    assert decode_all(buffer) == [Bitfield(bytes(30_000)), Have(1)]
+    assert len(buffer._data) == 5000

@@ -172,7 +172,9 @@ class PeerSession:
         self._uploads: deque[ChunkRun] = deque()
         self._uploads_ready = trio.Event()
         self._storing = trio.Semaphore(STORING_PER_PEER)
-        self._receive_view = memoryview(bytearray(HANDSHAKE_RECEIVE_SIZE))
+        #: Bytes a read may bring into the connection's receive area (a large PIECE payload
+        #: is read straight into its own buffer instead).
+        self._receive_size = HANDSHAKE_RECEIVE_SIZE
         self._last_sent = trio.current_time()
         self._nursery: trio.Nursery | None = None
         self._end_reason: str | None = None
@@ -242,7 +244,7 @@ class PeerSession:
         self.swarm.session_established(self)
         self.established = True
         self._set_up_payments(first)
-        self._receive_view = memoryview(bytearray(RECEIVE_SIZE))
+        self._receive_size = RECEIVE_SIZE
         self.send(Bitfield(self.swarm.source.bitfield()))
         assert self._nursery is not None
         self._nursery.start_soon(self._guarded, self._uploader)
@@ -270,13 +272,15 @@ class PeerSession:
             event = conn.next_event()
             if event is not NEED_DATA:
                 return event
-            # recv_into a buffer kept for the connection: socket.recv would allocate (and
-            # zero) a fresh RECEIVE_SIZE object on every call.
+            # recv_into where the connection wants the bytes: the rest of a large PIECE
+            # payload's own buffer, else its receive area (no copy, no allocation per read).
             with trio.move_on_after(timeout) as scope:
-                received = await self.stream.socket.recv_into(self._receive_view)
+                received = await self.stream.socket.recv_into(
+                    conn.receive_buffer(self._receive_size)
+                )
             if scope.cancelled_caught:
                 raise PeerTimeout(f"peer silent for {timeout:.0f} s")
-            conn.receive_data(self._receive_view[:received])
+            conn.received(received)
             if received:
                 delay = self.swarm.download_bucket.reserve(received, trio.current_time())
                 if delay > 0:

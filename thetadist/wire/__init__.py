@@ -4,7 +4,14 @@ Nothing here touches a socket, a clock or a file; the trio shell in ``thetadist.
 the bytes.  The protocol is specified in docs/protocol.md.
 """
 
-from thetadist.wire.connection import NEED_DATA, NeedData, PeerConnection, PieceChunkSizes, State
+from thetadist.wire.connection import (
+    DIRECT_PAYLOAD_MIN,
+    NEED_DATA,
+    NeedData,
+    PeerConnection,
+    PieceChunkSizes,
+    State,
+)
 from thetadist.wire.framing import (
     FIRST_EXTENSION_TYPE,
     MAGIC,
@@ -47,6 +54,7 @@ from thetadist.wire.messages import (
 __all__ = [
     "DEFAULT_MAX_FRAME",
     "DEFAULT_MAX_OUTSTANDING_REQUESTS",
+    "DIRECT_PAYLOAD_MIN",
     "FIRST_EXTENSION_TYPE",
     "MAGIC",
     "MAX_GOODBYE_TEXT_SIZE",

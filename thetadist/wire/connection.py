@@ -1,7 +1,9 @@
 """``PeerConnection``: the sans-I/O state machine of one swarm connection, in the h11 style.
 
 The caller owns the socket.  Bytes read go into :meth:`PeerConnection.receive_data` (``b""``
-at end of stream); :meth:`PeerConnection.next_event` returns the next event or
+at end of stream), or are read straight into :meth:`PeerConnection.receive_buffer` and
+reported with :meth:`PeerConnection.received` (which lands a large PIECE payload in its own
+buffer without copying it); :meth:`PeerConnection.next_event` returns the next event or
 :data:`NEED_DATA`; :meth:`PeerConnection.send` turns a message into bytes to write.  Each
 side moves through the states of :class:`State` by the single table ``_TRANSITIONS``;
 on top of it the connection enforces the limits each side advertised in its handshake and
@@ -104,6 +106,9 @@ _SPEAKING = frozenset({_OPENING, _ESTABLISHED})
 
 PieceChunkSizes = Callable[[int], Sequence[int]] | Sequence[Sequence[int]]
 
+#: PIECE payloads from this size up are received into a buffer of their own.
+DIRECT_PAYLOAD_MIN: Final = 64 * 1024
+
 
 class PeerConnection:
     """One connection to one peer about one manifest.
@@ -112,6 +117,8 @@ class PeerConnection:
     ``max_outstanding_requests``): they are advertised and enforced from one value, so they
     cannot disagree.  ``piece_chunk_sizes(piece)`` gives the chunk sizes of a piece, used to
     check request ranges and PIECE lengths; a sequence of sequences works as well.
+    A PIECE payload of ``direct_payload_min`` bytes or more that has not all arrived with its
+    header is received into a buffer of its own, once the header passed every check.
     """
 
     def __init__(
@@ -120,6 +127,7 @@ class PeerConnection:
         *,
         piece_count: int,
         piece_chunk_sizes: PieceChunkSizes,
+        direct_payload_min: int = DIRECT_PAYLOAD_MIN,
     ) -> None:
         if piece_count < 0:
             raise LocalProtocolError(f"negative piece count {piece_count}")
@@ -144,6 +152,9 @@ class PeerConnection:
         self._our_state = State.HANDSHAKE
         self._their_state = State.HANDSHAKE
         self._buffer = ReceiveBuffer()
+        self._direct_payload_min = max(1, direct_payload_min)
+        #: The run of the PIECE whose payload is being received into its own buffer.
+        self._incoming_piece: ChunkRun | None = None
         self._eof = False
         # Run -> data length the answer must carry, per direction.
         self._requests_sent: dict[ChunkRun, int] = {}
@@ -193,6 +204,30 @@ class PeerConnection:
         else:
             self._eof = True
 
+    def receive_buffer(self, size: int) -> memoryview:
+        """Where the next bytes read from the peer should go, to read into (``recv_into``).
+
+        While a large PIECE payload is arriving this is the unfilled rest of the payload's
+        own buffer (it may exceed ``size``: that memory is already committed), else ``size``
+        bytes of the receive area.  Report what was read with :meth:`received` before any
+        other call; a read abandoned without :meth:`received` leaves no trace.
+        """
+        return self._buffer.get_buffer(size)
+
+    def received(self, count: int) -> None:
+        """``count`` bytes were read into the last :meth:`receive_buffer`; 0 means the peer
+        closed its end.  As with :meth:`receive_data`, drain :meth:`next_event` first."""
+        if self._their_state is State.ERROR:
+            return
+        if self._eof:
+            if count:
+                raise LocalProtocolError("received data after end of stream")
+            return
+        if count:
+            self._buffer.advance(count)
+        else:
+            self._eof = True
+
     def next_event(self) -> Event | NeedData:
         """The next event from the peer, or :data:`NEED_DATA`.
 
@@ -209,30 +244,66 @@ class PeerConnection:
 
     def _next_event(self) -> Event | NeedData:
         while True:
-            limit = MAX_HANDSHAKE_FRAME if self._their_state is State.HANDSHAKE else self.max_frame
-            frame = self._buffer.peek_frame(limit)
-            if frame is None:
-                if not self._eof:
+            message: Message | None
+            if self._incoming_piece is not None:
+                data = self._buffer.take_payload()
+                if data is None:
+                    if self._eof:
+                        raise RemoteProtocolError("stream ended in the middle of a frame")
                     return NEED_DATA
-                if len(self._buffer):
-                    raise RemoteProtocolError("stream ended in the middle of a frame")
-                self._their_state = self._transition(
-                    self._their_state, ConnectionClosed, RemoteProtocolError
+                run, self._incoming_piece = self._incoming_piece, None
+                message = Piece(*run, data)
+            else:
+                limit = (
+                    MAX_HANDSHAKE_FRAME if self._their_state is State.HANDSHAKE else self.max_frame
                 )
-                return ConnectionClosed()
-            kind, body = frame
-            try:
-                message = self._decode(kind, body)
-            finally:
-                body.release()
-            self._buffer.commit()
-            if message is None:
-                continue
+                frame = self._buffer.peek_frame(limit)
+                if frame is None:
+                    if self._begin_direct_piece():
+                        continue
+                    if not self._eof:
+                        return NEED_DATA
+                    if len(self._buffer):
+                        raise RemoteProtocolError("stream ended in the middle of a frame")
+                    self._their_state = self._transition(
+                        self._their_state, ConnectionClosed, RemoteProtocolError
+                    )
+                    return ConnectionClosed()
+                kind, body = frame
+                try:
+                    message = self._decode(kind, body)
+                finally:
+                    body.release()
+                self._buffer.commit()
+                if message is None:
+                    continue
             next_state = self._transition(self._their_state, type(message), RemoteProtocolError)
             deliver = self._accept(message)
             self._their_state = next_state
             if deliver:
                 return message
+
+    def _begin_direct_piece(self) -> bool:
+        """Divert a large incoming PIECE payload into its own buffer, if one has begun.
+
+        The header (its frame limit already checked) gets every check the whole frame would
+        get, so nothing is allocated for a PIECE we would refuse; those checks cannot come
+        out differently when the payload has arrived, as nothing else can arrive before.
+        """
+        header = self._buffer.peek_piece_header()
+        if header is None:
+            return False
+        *fields, size = header
+        if size < self._direct_payload_min:
+            return False
+        if self._their_state is State.HANDSHAKE:
+            raise RemoteProtocolError("expected a handshake, got PIECE (not a thetadist peer?)")
+        run = ChunkRun(*fields)
+        self._transition(self._their_state, Piece, RemoteProtocolError)
+        self._check_piece_length(run, size)
+        self._buffer.begin_payload()
+        self._incoming_piece = run
+        return True
 
     def _decode(self, kind: int, body: memoryview) -> Message | None:
         """The message in a frame, or None for an extension frame to skip."""
@@ -264,13 +335,8 @@ class PeerConnection:
                 # A CANCEL for a request already answered crossed our PIECE on the wire.
                 return message.run in self._requests_received
             case Piece(data=data):
-                expected = self._requests_sent.pop(message.run, None)
-                if expected is None:
-                    raise RemoteProtocolError(f"unrequested PIECE {tuple(message.run)}")
-                if len(data) != expected:
-                    raise RemoteProtocolError(
-                        f"PIECE {tuple(message.run)} carries {len(data)} bytes, not {expected}"
-                    )
+                self._check_piece_length(message.run, len(data))
+                del self._requests_sent[message.run]
             case Reject():
                 if self._requests_sent.pop(message.run, None) is None:
                     raise RemoteProtocolError(f"REJECT of unrequested {tuple(message.run)}")
@@ -278,6 +344,13 @@ class PeerConnection:
                 if not self.our_handshake.capabilities & Capability.VOUCHERS:
                     raise RemoteProtocolError("VOUCHER sent, but we did not offer vouchers")
         return True
+
+    def _check_piece_length(self, run: ChunkRun, size: int) -> None:
+        expected = self._requests_sent.get(run)
+        if expected is None:
+            raise RemoteProtocolError(f"unrequested PIECE {tuple(run)}")
+        if size != expected:
+            raise RemoteProtocolError(f"PIECE {tuple(run)} carries {size} bytes, not {expected}")
 
     def _accept_handshake(self, handshake: Handshake) -> None:
         if handshake.manifest_id != self.our_handshake.manifest_id:

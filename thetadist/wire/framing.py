@@ -209,8 +209,7 @@ def encode_message(message: Message) -> bytes:
 # ---------------------------------------------------------------------------- decoding
 #
 # Decoders read straight from a memoryview into the receive buffer and copy out only what
-# they keep.  They never hold a slice of it beyond one expression: a live slice would pin
-# the buffer and make the next append fail.
+# they keep: the buffer is reused for the next frame.
 
 
 class _BodyReader:
@@ -313,6 +312,7 @@ def _decode_piece(body: memoryview) -> Piece:
         raise RemoteProtocolError("PIECE is truncated")
     piece, first_chunk, chunk_count = _RUN.unpack_from(body)
     # The one copy of the payload: out of the receive buffer, which is about to be reused.
+    # (A large payload is received into a buffer of its own instead; see ReceiveBuffer.)
     return Piece(piece, first_chunk, chunk_count, bytes(body[_RUN.size :]))
 
 
@@ -371,33 +371,120 @@ class ReceiveBuffer:
     """Received bytes not yet consumed, cut into frames.
 
     A frame is looked at with :meth:`peek_frame` and consumed with :meth:`commit`; nothing is
-    consumed while a frame is incomplete, so a short read simply rolls back.  Consuming moves
-    a read offset instead of deleting from the front (which would make draining many small
-    frames quadratic); the consumed prefix is dropped once it is empty or outweighs the rest.
+    consumed while a frame is incomplete, so a short read simply rolls back.  Bytes arrive by
+    copy (:meth:`feed`) or are read straight into the buffer (:meth:`get_buffer`, then
+    :meth:`advance`).  They live in a receive area, a ``bytearray`` with a read and a write
+    offset: consuming moves the read offset, the area rewinds when it empties, and an
+    incomplete frame is moved to the front only when the next read would not fit behind it.
+    The area is never resized in place (it is replaced when a frame needs more room), so a
+    view of it that is still alive never makes an operation fail.
+
+    A large payload can be diverted into a buffer of its own: :meth:`begin_payload` allocates
+    it, moves the payload bytes already received into it, and from then on :meth:`feed` and
+    :meth:`get_buffer` fill that buffer until :meth:`take_payload` hands it over, whole.
     """
 
-    _COMPACT_AFTER = 64 * 1024
+    #: The smallest area allocated when bytes are fed in without a read size to go by.
+    _MIN_AREA = 4096
 
     def __init__(self) -> None:
         self._data = bytearray()
         self._start = 0
+        self._end = 0
         self._peeked_end = 0
+        #: The largest read size asked for: the area shrinks back to it once empty.
+        self._read_size = 0
+        #: Where the last view from get_buffer points: "area" or "payload", and its size.
+        self._offered: tuple[str, int] | None = None
+        self._payload: bytearray | None = None
+        self._payload_filled = 0
 
     def __len__(self) -> int:
-        return len(self._data) - self._start
+        """Bytes buffered that belong to no complete frame or payload yet."""
+        pending = 0 if self._payload is None else self._payload_filled
+        return self._end - self._start + pending
+
+    @property
+    def payload_pending(self) -> bool:
+        """A payload begun with :meth:`begin_payload` has not been taken yet."""
+        return self._payload is not None
+
+    # ------------------------------------------------------------------ filling
 
     def feed(self, data: Buffer) -> None:
-        self._data += data
+        """Copy received bytes in: into the pending payload first, the rest into the area."""
+        self._offered = None
+        view = memoryview(data).cast("B")
+        with view:
+            if self._payload is not None:
+                taken = min(len(view), len(self._payload) - self._payload_filled)
+                filled = self._payload_filled
+                self._payload[filled : filled + taken] = view[:taken]
+                self._payload_filled = filled + taken
+                view = view[taken:]
+            if len(view):
+                self._make_room(len(view))
+                self._data[self._end : self._end + len(view)] = view
+                self._end += len(view)
+
+    def get_buffer(self, size: int) -> memoryview:
+        """A writable view for the next read: the unfilled rest of the pending payload, else
+        free room in the area.  Write into it, then call :meth:`advance`.
+
+        The area is kept at ``size`` bytes: the room offered is what the incomplete frame
+        leaves of it, or ``size`` bytes behind that frame when it fills more than half.
+        """
+        if size < 1:
+            raise LocalProtocolError(f"read size {size} is not positive")
+        payload = self._payload
+        if payload is not None and self._payload_filled < len(payload):
+            self._offered = ("payload", len(payload) - self._payload_filled)
+            return memoryview(payload)[self._payload_filled :]
+        self._read_size = max(self._read_size, size)
+        unread = self._end - self._start
+        room = size - unread if 2 * unread <= size else size
+        self._make_room(room)
+        self._offered = ("area", room)
+        return memoryview(self._data)[self._end : self._end + room]
+
+    def advance(self, count: int) -> None:
+        """``count`` bytes were written to the start of the view :meth:`get_buffer` gave."""
+        offered, self._offered = self._offered, None
+        if offered is None or not 0 <= count <= offered[1]:
+            raise LocalProtocolError(f"{count} bytes do not fit the last buffer handed out")
+        if offered[0] == "payload":
+            self._payload_filled += count
+        else:
+            self._end += count
+
+    def _make_room(self, size: int) -> None:
+        """Make ``size`` bytes free behind the unread ones."""
+        unread = self._end - self._start
+        if self._end + size <= len(self._data):
+            return
+        data = self._data
+        if unread + size <= len(data):
+            # Move the incomplete frame to the front (same length: no resize).
+            data[:unread] = bytes(memoryview(data)[self._start : self._end])
+        else:
+            wanted = max(unread + size, self._MIN_AREA, 2 * len(data) if unread else 0)
+            data = bytearray(wanted)
+            data[:unread] = memoryview(self._data)[self._start : self._end]
+            self._data = data
+        self._start, self._end = 0, unread
+        self._peeked_end = 0
+
+    # ------------------------------------------------------------------ frames
 
     def peek_frame(self, max_frame: int) -> tuple[int, memoryview] | None:
         """The next whole frame as (type, body), or None until it has all arrived.
 
         The frame limit is checked as soon as the header is in, so an oversized frame is
-        refused before its payload is buffered.  The caller must release the body view
-        before feeding or committing.
+        refused before its payload is buffered.  Release the body view before committing.
+        Not while a payload is pending.
         """
         start = self._start
-        if len(self._data) - start < FRAME_HEADER_SIZE:
+        if self._end - start < FRAME_HEADER_SIZE:
             return None
         length, kind = _FRAME_HEADER.unpack_from(self._data, start)
         if length == 0:
@@ -408,17 +495,59 @@ class ReceiveBuffer:
             raise RemoteProtocolError(
                 f"{message_name(kind)} frame of {size} bytes exceeds the limit of {max_frame}"
             )
-        if end > len(self._data):
+        if end > self._end:
             return None
         self._peeked_end = end
         return kind, memoryview(self._data)[start + FRAME_HEADER_SIZE : end]
 
     def commit(self) -> None:
         """Consume the frame last returned by :meth:`peek_frame`."""
+        self._offered = None
         self._start = self._peeked_end
-        if self._start == len(self._data):
-            self._data.clear()
-            self._start = self._peeked_end = 0
-        elif self._start >= self._COMPACT_AFTER and self._start * 2 >= len(self._data):
-            del self._data[: self._start]
-            self._start = self._peeked_end = 0
+        if self._start == self._end:
+            self._rewind()
+
+    def _rewind(self) -> None:
+        """The area is empty: start over at its front, shrinking it if a frame grew it."""
+        self._start = self._end = self._peeked_end = 0
+        if len(self._data) > max(self._read_size, self._MIN_AREA):
+            self._data = bytearray(self._read_size)
+
+    # ------------------------------------------------------------------ payloads
+
+    def peek_piece_header(self) -> tuple[int, int, int, int] | None:
+        """For an incomplete PIECE frame whose fixed fields are in, ``(piece, first_chunk,
+        chunk_count, payload size)``; else None.  Call after :meth:`peek_frame` returned
+        None, which checked the frame limit."""
+        start = self._start
+        if self._end - start < _PIECE_HEADER.size:
+            return None
+        length, kind, piece, first_chunk, chunk_count = _PIECE_HEADER.unpack_from(
+            self._data, start
+        )
+        if kind != MessageType.PIECE or _LENGTH_SIZE + length <= self._end - start:
+            return None
+        return piece, first_chunk, chunk_count, length - 1 - _RUN.size
+
+    def begin_payload(self) -> None:
+        """Divert the payload of the PIECE frame :meth:`peek_piece_header` described into a
+        buffer of its own: the frame's header is consumed, the payload bytes already here
+        move into the new buffer, and the area is left empty."""
+        header = self.peek_piece_header()
+        if header is None or self._payload is not None:
+            raise LocalProtocolError("no incomplete PIECE frame to divert")
+        payload = bytearray(header[3])
+        received = self._end - self._start - _PIECE_HEADER.size
+        payload[:received] = memoryview(self._data)[self._start + _PIECE_HEADER.size : self._end]
+        self._payload, self._payload_filled = payload, received
+        self._offered = None
+        self._rewind()
+
+    def take_payload(self) -> bytearray | None:
+        """The diverted payload once it is complete (it is then the caller's), else None."""
+        payload = self._payload
+        if payload is None or self._payload_filled < len(payload):
+            return None
+        self._payload, self._payload_filled = None, 0
+        self._offered = None
+        return payload
