@@ -162,7 +162,7 @@ def _economy(out: Output, root: Path, total_size: int) -> Economy:
     out.note(
         f"paid swarm on an in-process EVM (chain {economy.chain.chain_id}), TicketPool "
         f"{economy.pool.address}; every relayer charges {format_amount(PRICE_PER_MIB)} per MiB, "
-        f"each fetcher deposited {format_amount(deposit)}"
+        f"each fetcher deposited {_ether(deposit)}"
     )
     return economy
 
