@@ -36,7 +36,7 @@ from thetadist.pay.accounts import price_of
 from thetadist.pay.chain import Chain, TicketPool
 from thetadist.pay.ledger import VoucherLedger
 from thetadist.pay.redeem import redeem_vouchers
-from thetadist.pay.wallet import create_wallet
+from thetadist.pay.wallet import create_wallet, open_wallet
 from thetadist.units import parse_size
 
 PRICE_PER_MIB = 10**12  # wei (1000 gwei)
@@ -112,11 +112,9 @@ def bench_transfer(workdir: Path, size: int, repeat: int, rpc: str) -> dict[str,
         raise SystemExit("error: an arm had no good run; see the logs under " + str(workdir))
     medians = {name: statistics.median(values) for name, values in walls.items()}
     slowdown = medians["paid"] / medians["free"]
-    seeder_account = Account.decrypt(
-        json.loads((wallets / "seeder.json").read_text()), PASSPHRASE
-    )
+    seeder_account = open_wallet(wallets / "seeder.json", passphrase=PASSPHRASE)
     with VoucherLedger(seeder_ledger) as ledger:
-        report = redeem_vouchers(pool, ledger, Account.from_key(seeder_account))
+        report = redeem_vouchers(pool, ledger, seeder_account)
     expected = len(walls["paid"]) * price_of(size, PRICE_PER_MIB)
     if pool.earnings(addresses["seeder"]) != expected:
         raise SystemExit(

@@ -96,9 +96,9 @@ class Payee:
         self._reading[payer] = reading = trio.Event()
         try:
             state = await trio.to_thread.run_sync(self.read_pool, payer)
+            self._pools.pop(payer, None)  # re-inserted below: the dict stays in read order
             if len(self._pools) >= MAX_CACHED_POOLS:  # strangers' keys cost nothing to make
                 del self._pools[next(iter(self._pools))]  # the oldest read
-            self._pools.pop(payer, None)
             self._pools[payer] = (state, trio.current_time())
         except ChainError:
             pass  # keep the stale copy, if any; the link waits and asks again

@@ -438,6 +438,16 @@ class VoucherLedger:
             return None
         return SignedVoucher(Voucher(payer, payee, epoch, _int(row[0])), row[1])
 
+    def payees(self, domain: Domain, payer: bytes, epoch: int) -> list[bytes]:
+        """Every payee ``payer`` has signed a voucher to in ``epoch``."""
+        with self._locked() as db:
+            rows = db.execute(
+                "SELECT payee FROM heads WHERE role='signed' AND chain_id=? AND contract=? "
+                "AND payer=? AND epoch=?",
+                (_i64(domain.chain_id), domain.contract, payer, _i64(epoch)),
+            ).fetchall()
+        return [row[0] for row in rows]
+
     def committed(self, domain: Domain, payer: bytes, epoch: int) -> int:
         """What ``payer`` has promised in ``epoch``, over all payees: the sum of the latest
         signed cumulative per payee.  A fetcher starts its budget from this."""

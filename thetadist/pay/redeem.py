@@ -20,10 +20,6 @@ if TYPE_CHECKING:
 
     from thetadist.pay.chain import TicketPool
 
-#: The contract's bound on one redeemBatch (``MAX_BATCH`` in TicketPool.vy and chain.py;
-#: here too so that importing this module does not load web3).
-MAX_BATCH = 256
-
 DEFAULT_BATCH = 32
 
 
@@ -52,6 +48,8 @@ def redeem_vouchers(
     """Redeem every voucher to ``payee`` (default: the account's own address) worth at least
     ``min_value`` wei more than what is already redeemed, ``batch`` per transaction; the
     account pays the gas."""
+    from thetadist.pay.chain import MAX_BATCH  # loaded already: ``pool`` is a TicketPool
+
     if not 1 <= batch <= MAX_BATCH:
         raise UsageError(f"a batch holds 1 to {MAX_BATCH} vouchers, not {batch}")
     domain = domain_of(pool)

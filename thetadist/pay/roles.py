@@ -15,7 +15,7 @@ from thetadist.errors import PaymentError
 from thetadist.net.payments import Payee, Payer
 from thetadist.pay.accounts import DEFAULT_CREDIT_WINDOW, Budget
 from thetadist.pay.amounts import format_amount
-from thetadist.pay.ledger import Role, VoucherLedger
+from thetadist.pay.ledger import VoucherLedger
 from thetadist.pay.voucher import Domain, VoucherSigner
 
 if TYPE_CHECKING:  # web3 and eth-account load slowly; only the callers' objects are used
@@ -88,11 +88,7 @@ def paying(
             f"the pool of {account.address} holds no deposit (`thetadist pool fund`)"
         )
     domain = domain_of(pool)
-    payees = {
-        entry.payee
-        for entry in ledger.entries(role=Role.SIGNED, domain=domain, payer=address, limit=None)
-        if entry.epoch == state.epoch
-    }
+    payees = ledger.payees(domain, address, state.epoch)
     claimed = sum(pool.claimed(address, payee, state.epoch) for payee in payees)
     committed = ledger.committed(domain, address, state.epoch)
     budget = Budget(state.deposit + claimed, min(committed, state.deposit + claimed))
