@@ -24,7 +24,7 @@ from eth_account import Account
 from eth_account.messages import encode_typed_data
 
 from bench.pay_gas import voucher_typed_data
-from thetadist.pay.ledger import VoucherLedger
+from thetadist.pay.ledger import Role, VoucherLedger, VoucherRecord
 from thetadist.pay.voucher import Domain, SignedVoucher, Voucher, VoucherSigner, verify
 
 PAYEE = b"\x0a" * 20
@@ -53,20 +53,24 @@ def typed_data(voucher: Voucher) -> dict[str, Any]:
     )
 
 
-def ledger_record_us(directory: Path, vouchers: list[SignedVoucher], *, durable: bool) -> float:
+def ledger_record_us(
+    directory: Path, vouchers: list[SignedVoucher], *, durable: bool, batch: int = 1
+) -> float:
+    """Median µs per voucher recorded ``batch`` at a time (one transaction per batch)."""
     with (
         tempfile.TemporaryDirectory(dir=directory) as scratch,
         VoucherLedger(Path(scratch) / "vouchers.sqlite", durable=durable) as ledger,
     ):
-        return median_us(
-            lambda i: ledger.record_received(
-                DOMAIN,
-                vouchers[i],
-                piece=i,
-                nbytes=1 << 20,
-                previous=vouchers[i - 1].cumulative if i else 0,  # as a session passes it
-            ),
-            len(vouchers),
+        records = [
+            VoucherRecord(Role.RECEIVED, DOMAIN, voucher, piece=i, nbytes=1 << 20)
+            for i, voucher in enumerate(vouchers)
+        ]
+        return (
+            median_us(
+                lambda i: ledger.record_batch(records[i * batch : (i + 1) * batch]),
+                len(records) // batch,
+            )
+            / batch
         )
 
 
@@ -102,6 +106,10 @@ def measure(count: int, directory: Path) -> list[tuple[str, float]]:
         (
             "ledger record, received (WAL, NORMAL)",
             ledger_record_us(directory, signed, durable=False),
+        ),
+        (
+            "ledger record, in batches of 8 (WAL, NORMAL)",
+            ledger_record_us(directory, signed, durable=False, batch=8),
         ),
         (
             "ledger record, received (durable: FULL)",

@@ -64,13 +64,19 @@ def payer_session(
     return PayerSession(VoucherSigner(PAYER_KEY, DOMAIN), payee, price, epoch, base, budget)
 
 
+def paid_for(session: PayerSession, nbytes: int) -> SignedVoucher | None:
+    """The session's voucher for ``nbytes`` more verified bytes, signed as the shell signs it."""
+    voucher = session.on_verified(nbytes)
+    return None if voucher is None else session.signer.sign(voucher)
+
+
 def payee_session(**options: object) -> PayeeSession:
     return PayeeSession(DOMAIN, PAYEE, PRICE, credit_window=WINDOW, **options)  # type: ignore[arg-type]
 
 
 def pay(payer: PayerSession, payee: PayeeSession, nbytes: int, *, previous: int = 0) -> int:
     """The shell's voucher path, minus the ledger: returns the credited amount."""
-    signed = payer.on_verified(nbytes)
+    signed = paid_for(payer, nbytes)
     assert signed is not None
     if payee.payer is None:
         payee.bind(signed, previous=previous)
@@ -149,13 +155,13 @@ def test_budget_is_thread_safe() -> None:
 
 def test_payer_signs_cumulative_amounts_from_cumulative_bytes() -> None:
     session = payer_session(Budget(10**18), price=1001, base=5)
-    first = session.on_verified(MIB // 2)
-    second = session.on_verified(MIB // 2)
+    first = paid_for(session, MIB // 2)
+    second = paid_for(session, MIB // 2)
     assert first is not None and second is not None
     assert (first.cumulative, second.cumulative) == (5 + 500, 5 + 1001)
     assert second.payee == PAYEE and second.epoch == 0 and second.payer == session.signer.address
-    assert session.on_verified(0) is None
-    assert session.on_verified(1) is None  # a sliver worth under one wei: nothing to sign
+    assert paid_for(session, 0) is None
+    assert paid_for(session, 1) is None  # a sliver worth under one wei: nothing to sign
     assert session.verified_bytes == MIB + 1
     assert session.budget.committed == 1001
 
@@ -165,13 +171,13 @@ def test_payer_never_signs_past_the_deposit() -> None:
     session = payer_session(budget)
     for _ in range(3):
         assert session.affordable(MIB)
-        session.on_verified(MIB)
+        paid_for(session, MIB)
     assert not session.affordable(MIB) and session.affordable(0)
     with pytest.raises(InsufficientFunds):
-        session.on_verified(MIB)
+        paid_for(session, MIB)
     assert (session.cumulative, session.verified_bytes) == (price_of(3 * MIB, PRICE), 3 * MIB)
     budget.set_deposit(budget.deposit + price_of(MIB, PRICE))  # a top-up
-    signed = session.on_verified(MIB)
+    signed = paid_for(session, MIB)
     assert signed is not None and signed.cumulative == price_of(4 * MIB, PRICE)
 
 
@@ -185,7 +191,7 @@ def test_one_budget_across_connections(deposit: int, steps: list[tuple[int, int]
     sessions = [payer_session(budget, payee=bytes([i + 1]) * 20, price=1000) for i in range(3)]
     for index, nbytes in steps:
         with suppress(InsufficientFunds):
-            sessions[index].on_verified(nbytes)
+            paid_for(sessions[index], nbytes)
         assert budget.committed == sum(session.cumulative for session in sessions) <= deposit
 
 
@@ -207,7 +213,7 @@ def test_a_killed_fetcher_never_overspends(tmp_path: Path) -> None:
         try:
             for round_ in range(4):
                 for session in sessions:
-                    signed = session.on_verified(MIB)
+                    signed = paid_for(session, MIB)
                     assert signed is not None
                     if crash_point == "after sign" and round_ == 2:
                         raise SystemExit  # the voucher never reached the ledger or the wire
@@ -264,7 +270,7 @@ def test_payee_serves_while_paid_within_the_window() -> None:
 
 def test_accept_counts_nothing_until_credit() -> None:
     payer, payee = payer_session(Budget(10**30)), payee_session()
-    first = payer.on_verified(MIB)
+    first = paid_for(payer, MIB)
     assert first is not None
     with pytest.raises(LocalProtocolError, match="bind"):
         payee.accept(first)
@@ -277,6 +283,29 @@ def test_accept_counts_nothing_until_credit() -> None:
         payee.accept(first)  # a replay
     with pytest.raises(LocalProtocolError, match="already bound"):
         payee.bind(first)
+
+
+def test_accept_without_the_signature_still_orders_vouchers_before_credit() -> None:
+    """A shell that verifies in batches accepts the next voucher before the last one is
+    credited: each must be above the last accepted, so a replay in flight is caught."""
+    payer, payee = payer_session(Budget(10**30)), payee_session()
+    first, second = paid_for(payer, MIB), paid_for(payer, MIB)
+    assert first is not None and second is not None
+    payee.bind(first, previous=0)
+    forged = SignedVoucher(Voucher(first.payer, first.payee, first.epoch, 10**20), first.signature)
+    assert payee.accept(first, check_signature=False) == price_of(MIB, PRICE)
+    with pytest.raises(InvalidTicket, match="not above"):
+        payee.accept(first, check_signature=False)  # replayed before the first is credited
+    assert payee.accept(second, check_signature=False) == price_of(MIB, PRICE)
+    assert payee.paid == 0  # nothing counted yet
+    payee.credit(first)
+    payee.credit(second)
+    assert payee.paid == second.cumulative
+    assert payee.accept(forged, check_signature=False) > 0  # the shell's batch must verify it
+    with pytest.raises(InvalidTicket):
+        payee_for_forged = payee_session()
+        payee_for_forged.bind(first, previous=0)
+        payee_for_forged.accept(forged)  # checked here by default
 
 
 def test_a_new_session_continues_from_the_ledger() -> None:
@@ -315,9 +344,9 @@ def test_accept_rejects() -> None:
     other = VoucherSigner(OTHER_KEY, DOMAIN)
     cases = [
         (other.sign(Voucher(other.address, PAYEE, 0, 10**20)), "on a connection paid by"),
-        (payer_session(Budget(10**30), epoch=1).on_verified(2 * MIB), "session is in 0"),
-        (payer_session(Budget(10**30), payee=PAYEE2).on_verified(2 * MIB), "not this seeder"),
-        (payer_session(Budget(10**30)).on_verified(MIB // 2), "not above"),
+        (paid_for(payer_session(Budget(10**30), epoch=1), 2 * MIB), "session is in 0"),
+        (paid_for(payer_session(Budget(10**30), payee=PAYEE2), 2 * MIB), "not this seeder"),
+        (paid_for(payer_session(Budget(10**30)), MIB // 2), "not above"),
         (
             VoucherSigner(PAYER_KEY, Domain(1, CONTRACT)).sign(
                 Voucher(payer.signer.address, PAYEE, 0, 10**20)
@@ -331,7 +360,7 @@ def test_accept_rejects() -> None:
             payee.accept(signed)
     payee.set_pool(Pool(deposit=10**30, epoch=4), 0.0)
     with pytest.raises(InvalidTicket, match="pool is at epoch 4"):
-        payee.accept(payer_session(Budget(10**30)).on_verified(3 * MIB))  # type: ignore[arg-type]
+        payee.accept(paid_for(payer_session(Budget(10**30)), 3 * MIB))  # type: ignore[arg-type]
     with pytest.raises(LocalProtocolError):
         payee.credit(cases[0][0])  # type: ignore[arg-type]
 
@@ -427,7 +456,7 @@ class PaymentExchange(RuleBasedStateMachine):
         size = self.pieces.popleft()
         self.delivered += size
         try:
-            signed = self.payer.on_verified(size)
+            signed = paid_for(self.payer, size)
         except InsufficientFunds:
             event("payer out of deposit")
             self.broke = True

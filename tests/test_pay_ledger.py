@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from thetadist.errors import InvalidTicket, StoreError
-from thetadist.pay.ledger import SCHEMA_VERSION, Role, VoucherLedger
+from thetadist.pay.ledger import SCHEMA_VERSION, Role, VoucherLedger, VoucherRecord
 from thetadist.pay.voucher import MAX_UINT64, MAX_UINT256, Domain, SignedVoucher, Voucher
 
 DOMAIN = Domain(31337, b"\xcc" * 20)
@@ -238,3 +238,59 @@ def test_threads_share_one_ledger(ledger: VoucherLedger) -> None:
     assert sorted(results) == ["lost"] * 7 + ["won"]
     assert ledger.committed(DOMAIN, PAYER, 0) == 50 * 8 + 1000
     assert len(ledger.entries(limit=None)) == 50 * 8 + 1
+
+
+def test_a_batch_is_one_transaction_and_refuses_only_what_is_not_above_its_head(
+    ledger: VoucherLedger,
+) -> None:
+    ledger.record_signed(DOMAIN, sv(100))
+    batch = [
+        VoucherRecord(Role.SIGNED, DOMAIN, sv(150), piece=1, nbytes=10),
+        VoucherRecord(Role.SIGNED, DOMAIN, sv(150)),  # the same again: a replay
+        VoucherRecord(Role.RECEIVED, DOMAIN, sv(150)),  # another role: another head
+        VoucherRecord(Role.SIGNED, DOMAIN, sv(120)),  # below the head the batch moved
+        VoucherRecord(Role.SIGNED, DOMAIN, sv(90, payee=PAYEE2)),
+        VoucherRecord(Role.SIGNED, DOMAIN, sv(400), piece=2, nbytes=20),
+    ]
+    results = ledger.record_batch(batch, now=5.0)
+    assert [r if isinstance(r, int) else "refused" for r in results] == [
+        50,
+        "refused",
+        150,
+        "refused",
+        90,
+        250,
+    ]
+    assert all("not above" in str(r) for r in results if isinstance(r, InvalidTicket))
+    assert ledger.latest(Role.SIGNED, DOMAIN, PAYER, PAYEE, 0) == sv(400)
+    assert ledger.latest(Role.RECEIVED, DOMAIN, PAYER, PAYEE, 0) == sv(150)
+    assert ledger.committed(DOMAIN, PAYER, 0) == 400 + 90
+    logged = [(e.role, e.cumulative, e.amount, e.piece) for e in ledger.entries(limit=None)]
+    assert logged == [
+        (Role.SIGNED, 400, 250, 2),
+        (Role.SIGNED, 90, 90, None),
+        (Role.RECEIVED, 150, 150, None),
+        (Role.SIGNED, 150, 50, 1),
+        (Role.SIGNED, 100, 100, None),
+    ]
+    assert ledger.record_batch([]) == []
+
+
+def test_a_version_2_ledger_is_upgraded_in_place(tmp_path: Path) -> None:
+    """Version 2 moved the heads with triggers; version 3 drops them and keeps the data."""
+    path = tmp_path / "v2.sqlite"
+    with VoucherLedger(path) as ledger:
+        ledger.record_received(DOMAIN, sv(70))
+    with sqlite3.connect(path) as old:
+        old.execute(
+            "CREATE TRIGGER vouchers_move_head AFTER INSERT ON vouchers BEGIN SELECT 1; END"
+        )
+        old.execute("PRAGMA user_version=2")
+    with VoucherLedger(path) as ledger:
+        assert ledger.latest(Role.RECEIVED, DOMAIN, PAYER, PAYEE, 0) == sv(70)
+        ledger.record_received(DOMAIN, sv(80))
+    with sqlite3.connect(path) as upgraded:
+        assert upgraded.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert not upgraded.execute(
+            "SELECT name FROM sqlite_schema WHERE type='trigger'"
+        ).fetchall()

@@ -11,20 +11,38 @@ in and out of :class:`thetadist.net.swarm.PeerSession`:
   verified piece and records it in its ledger before sending it; it never requests from a peer
   it will not pay.
 
+Signatures, their checks and the ledger's commits go through one
+:class:`~thetadist.net.voucher_queue.VoucherQueue` per role, which does them in batches in a
+worker thread; a voucher is sent (payer) or counted (payee) only when its batch committed.
+
 One node may be both: a paying fetcher that also charges for what it relays.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
 import trio
 
-from thetadist.errors import ChainError, InsufficientFunds, PaymentError
-from thetadist.events import EventCallback, VoucherReceived, VoucherSigned
+from thetadist.errors import (
+    ChainError,
+    InsufficientFunds,
+    InvalidTicket,
+    LocalProtocolError,
+    PaymentError,
+    StoreError,
+)
+from thetadist.events import (
+    EventCallback,
+    PaymentDeclined,
+    PaymentRefused,
+    VoucherReceived,
+    VoucherSigned,
+)
+from thetadist.net.voucher_queue import VoucherQueue
 from thetadist.pay.accounts import (
     DEFAULT_CREDIT_WINDOW,
     DEFAULT_POOL_REFRESH,
@@ -75,6 +93,10 @@ class Payee:
     voucher_timeout: float = DEFAULT_VOUCHER_TIMEOUT
     _pools: dict[bytes, tuple[PoolView, float]] = field(default_factory=dict)
     _reading: dict[bytes, trio.Event] = field(default_factory=dict)
+    queue: VoucherQueue = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.queue = VoucherQueue(self.ledger)
 
     @property
     def terms(self) -> PaymentTerms:
@@ -119,10 +141,26 @@ class Payer:
     max_price_per_mib: int
     #: One live paying session per payee: two would sign overlapping cumulative amounts.
     _active: set[bytes] = field(default_factory=set)
+    #: The last cumulative promised to each payee this run, signed or still in the queue: a
+    #: replacement connection goes on from here, not from the ledger (which may lag by a batch).
+    _promised: dict[bytes, int] = field(default_factory=dict)
+    queue: VoucherQueue = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.queue = VoucherQueue(self.ledger)
 
     @property
     def domain(self) -> Domain:
         return self.signer.domain
+
+    def promised(self, payee: bytes) -> int:
+        """The cumulative amount promised to ``payee`` so far (this run, else the ledger's)."""
+        if payee not in self._promised:
+            latest = self.ledger.latest(
+                Role.SIGNED, self.domain, self.signer.address, payee, self.epoch
+            )
+            self._promised[payee] = latest.cumulative if latest is not None else 0
+        return self._promised[payee]
 
 
 @dataclass
@@ -135,6 +173,21 @@ class Payments:
     @property
     def terms(self) -> PaymentTerms | None:
         return self.payee.terms if self.payee is not None and self.payee.price_per_mib else None
+
+    def _queues(self) -> list[VoucherQueue]:
+        return [role.queue for role in (self.payee, self.payer) if role is not None]
+
+    async def run(self) -> None:
+        """The voucher queues' batches; the swarm runs this in its nursery."""
+        async with trio.open_nursery() as nursery:
+            for queue in self._queues():
+                nursery.start_soon(queue.run)
+
+    async def settle(self) -> None:
+        """Sign, verify, record and deliver every voucher queued so far (a closing session's
+        last voucher goes out before its outbox is flushed)."""
+        for queue in self._queues():
+            await queue.settle()
 
     def payee_link(self, session: PeerSession) -> PayeeLink | None:
         if self.terms is None or self.payee is None:
@@ -176,20 +229,16 @@ class PayerLink:
         self.session = session
         self.emit = emit
         self.payee = terms.payee
-        previous = payer.ledger.latest(
-            Role.SIGNED, payer.domain, payer.signer.address, terms.payee, payer.epoch
-        )
         self.accounts = PayerSession(
             payer.signer,
             terms.payee,
             terms.price_per_mib_wei,
             payer.epoch,
-            previous.cumulative if previous is not None else 0,
+            payer.promised(terms.payee),
             payer.budget,
         )
         payer._active.add(terms.payee)
         self._closed = False
-        self._lock = threading.Lock()
 
     def close(self) -> None:
         """Let another connection pay this payee (idempotent: a second call must not free
@@ -199,22 +248,38 @@ class PayerLink:
             self.payer._active.discard(self.payee)
 
     def pay_for(self, piece: int, nbytes: int) -> None:
-        """Call only after the piece verified.  Sign, record, then send; raises
-        :class:`PaymentStopped` when the deposit cannot pay (nothing is signed then)."""
-        with self._lock:  # keeps sign → record → send in cumulative order
-            previous = self.accounts.cumulative
-            try:
-                signed = self.accounts.on_verified(nbytes)
-            except InsufficientFunds as exc:
-                raise PaymentStopped(str(exc)) from None
-            if signed is None:
-                return
-            step = self.payer.ledger.record_signed(
-                self.payer.domain, signed, piece=piece, nbytes=nbytes, previous=previous
-            )
-            self.session.send(Voucher(signed.encode()))
-        self.session.swarm.totals.paid += step
-        self.emit(VoucherSigned(self.session.label, piece, nbytes, step, signed.cumulative))
+        """Call only after the piece verified.  Queues the voucher (signed, recorded, then
+        sent in order); raises :class:`PaymentStopped` when the deposit cannot pay (nothing is
+        promised then)."""
+        try:
+            voucher = self.accounts.on_verified(nbytes)
+        except InsufficientFunds as exc:
+            raise PaymentStopped(str(exc)) from None
+        if voucher is None:
+            return
+        self.payer._promised[self.payee] = voucher.cumulative
+        self.payer.queue.sign(
+            self.payer.signer,
+            voucher,
+            piece=piece,
+            nbytes=nbytes,
+            done=partial(self._send, piece, nbytes),
+            failed=self._stop,
+        )
+
+    def _send(self, piece: int, nbytes: int, signed: SignedVoucher, step: int) -> None:
+        session = self.session
+        try:
+            session.send(Voucher(signed.encode()))
+        except LocalProtocolError:
+            return  # the connection said goodbye meanwhile: recorded, never sent
+        session.swarm.totals.paid += step
+        self.emit(VoucherSigned(session.label, piece, nbytes, step, signed.cumulative))
+
+    def _stop(self, error: InvalidTicket | StoreError) -> None:
+        reason = f"cannot record a voucher: {error}"
+        self.emit(PaymentDeclined(self.session.label, reason))
+        self.session.end(f"payment stopped: {reason}")
 
 
 class PayeeLink:
@@ -269,13 +334,14 @@ class PayeeLink:
         state, read_at = found
         self.accounts.set_pool(state, read_at)
 
-    def on_voucher(self, payload: bytes) -> VoucherReceived:
-        """Verify, persist, then count a voucher; raises :class:`InvalidTicket` (drop the
-        peer) for anything forged, misaddressed or replayed."""
+    def on_voucher(self, payload: bytes) -> None:
+        """Check a voucher and queue it to be verified, persisted, then counted; raises
+        :class:`InvalidTicket` (drop the peer) for anything malformed, misaddressed or
+        replayed.  A forged signature ends the session when its batch is verified."""
         accounts = self.accounts
         ledger, domain = self.payee.ledger, self.payee.domain
         signed = SignedVoucher.decode(payload)
-        if accounts.payer is None:
+        if accounts.payer is None:  # verified at once: it names who pays
             previous = ledger.latest(
                 Role.RECEIVED, domain, signed.payer, self.payee.address, signed.epoch
             )
@@ -284,12 +350,19 @@ class PayeeLink:
                 previous=previous.cumulative if previous is not None else 0,
                 redeemed=ledger.redeemed(domain, signed.payer, self.payee.address, signed.epoch),
             )
-        accounts.accept(signed)  # a replayed or lower voucher raises InvalidTicket here
-        # persisted before it counts; ``paid`` is the ledger's head for this payer (bound from
-        # it, and moved only by vouchers recorded here)
-        step = ledger.record_received(domain, signed, previous=accounts.paid)
-        accounts.credit(signed)
+        accounts.accept(signed, check_signature=False)  # a replay or lower voucher raises
+        self.payee.queue.verify(domain, signed, done=self._count, failed=self._refuse)
+
+    def _count(self, signed: SignedVoucher, step: int) -> None:
+        self.accounts.credit(signed)
         self._changed.set()
-        return VoucherReceived(
-            self.session.label, hex_address(signed.payer), step, signed.cumulative
+        swarm = self.session.swarm
+        swarm.totals.received += step
+        swarm.emit(
+            VoucherReceived(self.session.label, hex_address(signed.payer), step, signed.cumulative)
         )
+
+    def _refuse(self, error: InvalidTicket | StoreError) -> None:
+        reason = f"bad voucher: {error}" if isinstance(error, InvalidTicket) else str(error)
+        self.session.swarm.emit(PaymentRefused(self.session.label, reason))
+        self.session.end(reason)

@@ -197,6 +197,8 @@ class PeerSession:
             self._release_payment()
             self.swarm.session_ended(self, self._end_reason or "closed")
             with trio.CancelScope(shield=True), trio.move_on_after(FLUSH_TIMEOUT):
+                if self.swarm.payments is not None:
+                    await self.swarm.payments.settle()  # the last piece's voucher, say
                 await self._flush()
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await self.stream.aclose()
@@ -321,12 +323,10 @@ class PeerSession:
         if self.payee_link is None:
             return  # we charge nothing; a voucher is the peer's gift to nobody
         try:
-            received = self.payee_link.on_voucher(payload)
+            self.payee_link.on_voucher(payload)
         except InvalidTicket as exc:
             self.swarm.emit(PaymentRefused(self.label, f"bad voucher: {exc}"))
             raise _Dropped(f"bad voucher: {exc}") from None
-        self.swarm.totals.received += received.amount_wei
-        self.swarm.emit(received)
 
     def _join(self, pieces: Sequence[int]) -> None:
         for piece in pieces:
@@ -545,6 +545,8 @@ class Swarm:
             for url in trackers:
                 nursery.start_soon(self._announce_loop, url)
             nursery.start_soon(self._ticker)
+            if self.payments is not None:
+                nursery.start_soon(self.payments.run)
             task_status.started(self.port)
 
     async def _accept(self, stream: trio.SocketStream) -> None:

@@ -10,10 +10,11 @@ Payer side (fetcher):
 * one :class:`Budget` per fetcher, shared by all its connections, so the total it promises
   across seeders never passes its deposit;
 * one :class:`PayerSession` per paying connection: after each verified piece,
-  :meth:`PayerSession.on_verified` reserves the increment in the budget, then signs.  The shell
-  records the voucher in the ledger, *then* sends it.  A fetcher killed between signing and
-  recording has sent nothing; one killed after recording has its promise counted on restart
-  (the budget starts from ``VoucherLedger.committed``).  Either way it never overspends.
+  :meth:`PayerSession.on_verified` reserves the increment in the budget and returns the
+  voucher to sign.  The shell signs it and records it in the ledger, *then* sends it.  A
+  fetcher killed between signing and recording has sent nothing; one killed after recording
+  has its promise counted on restart (the budget starts from ``VoucherLedger.committed``).
+  Either way it never overspends.
 
 Payee side (seeder): one :class:`PayeeSession` per paying connection tracks bytes served
 against vouchers received, and :meth:`PayeeSession.decide` says, per piece, SERVE, WAIT (for a
@@ -139,10 +140,14 @@ class PayerSession:
     Shell order, per piece, *only after the piece verified* (the fetcher never pays for data
     it has not checked)::
 
-        signed = session.on_verified(len(piece))   # reserves in the budget, then signs
-        if signed is not None:
+        voucher = session.on_verified(len(piece))  # reserves in the budget
+        if voucher is not None:
+            signed = session.signer.sign(voucher)
             ledger.record_signed(domain, signed, piece=index, nbytes=len(piece))  # first
             connection.send(Voucher(signed.encode()))                              # then
+
+    The signature is the shell's to make, so that it can sign and record a batch of vouchers
+    off the event loop; the amounts and the budget are settled here, in order.
     """
 
     def __init__(
@@ -174,9 +179,9 @@ class PayerSession:
             self.budget.available
         )
 
-    def on_verified(self, nbytes: int) -> SignedVoucher | None:
-        """The voucher that pays for ``nbytes`` more verified bytes, or None when they do not
-        raise the cumulative amount (a sliver at a tiny price; the next piece pays for it).
+    def on_verified(self, nbytes: int) -> Voucher | None:
+        """The voucher (to sign) that pays for ``nbytes`` more verified bytes, or None when they
+        do not raise the cumulative amount (a sliver at a tiny price; the next piece pays).
 
         Raises :class:`InsufficientFunds` (and counts nothing) when the budget cannot pay; the
         bytes stay owed and a later call after a top-up pays for them.
@@ -188,12 +193,11 @@ class PayerSession:
         if target == self.cumulative:
             self.verified_bytes = verified
             return None
-        # reserve before signing: a voucher that exists is always inside the budget
+        # reserved before it exists: a voucher that is signed is always inside the budget
         self.budget.reserve(target - self.cumulative)
-        signed = self.signer.sign(Voucher(self.signer.address, self.payee, self.epoch, target))
         self.verified_bytes = verified
         self.cumulative = target
-        return signed
+        return Voucher(self.signer.address, self.payee, self.epoch, target)
 
 
 # -- payee ----------------------------------------------------------------------------
@@ -250,6 +254,10 @@ class PayeeSession:
           ledger.record_received(domain, signed, piece=..., nbytes=...)   # persist first
           session.credit(signed)                                 # then count it
 
+    A shell that verifies and records vouchers in batches off the event loop passes
+    ``check_signature=False`` to ``accept`` (which still orders them: each must be above the
+    last one accepted) and calls ``credit`` once the batch verified and committed.
+
     Owed and paid are cumulative amounts for (payer, us, epoch): owed is ``previous`` (the best
     voucher from earlier sessions) plus the price of the bytes served in this session; paid is
     the latest voucher.  Overpaying is the payer's business and is accepted.
@@ -280,6 +288,9 @@ class PayeeSession:
         self.served = 0
         self.base = 0
         self.paid = 0
+        #: The highest voucher accepted (paid, or on its way through verification and the
+        #: ledger): the next one must be above it.
+        self.accepted = 0
         self.redeemed = 0
         self.pool: PoolView | None = None
         self._pool_read_at = 0.0
@@ -312,7 +323,7 @@ class PayeeSession:
         verify(first, self.domain)
         self.payer = first.payer
         self.epoch = first.epoch
-        self.base = self.paid = previous
+        self.base = self.paid = self.accepted = previous
         self.redeemed = redeemed
 
     def _check(self, signed: SignedVoucher) -> None:
@@ -327,10 +338,11 @@ class PayeeSession:
                 f"{self.pool.epoch}"
             )
 
-    def accept(self, signed: SignedVoucher) -> int:
+    def accept(self, signed: SignedVoucher, *, check_signature: bool = True) -> int:
         """Validate ``signed`` and return the amount it adds; counts nothing (see ``credit``).
 
-        Cheap checks first, the signature last; raises :class:`InvalidTicket`.
+        Cheap checks first, the signature last (unless the shell checks it itself);
+        raises :class:`InvalidTicket`.
         """
         if self.payer is None:
             raise LocalProtocolError("bind the payer before accepting its vouchers")
@@ -342,12 +354,15 @@ class PayeeSession:
             )
         if signed.epoch != self.epoch:
             raise InvalidTicket(f"voucher for epoch {signed.epoch}, session is in {self.epoch}")
-        if signed.cumulative <= self.paid:
+        if signed.cumulative <= self.accepted:
             raise InvalidTicket(
-                f"voucher cumulative {signed.cumulative} is not above {self.paid} already paid"
+                f"voucher cumulative {signed.cumulative} is not above {self.accepted} already paid"
             )
-        verify(signed, self.domain)
-        return signed.cumulative - self.paid
+        if check_signature:
+            verify(signed, self.domain)
+        amount = signed.cumulative - self.accepted
+        self.accepted = signed.cumulative
+        return amount
 
     def credit(self, signed: SignedVoucher) -> None:
         """Count a voucher that :meth:`accept` passed and the ledger has recorded."""

@@ -53,7 +53,7 @@ from thetadist.pay.voucher import Domain, SignedVoucher, Voucher, hex_address
 
 #: PRAGMA application_id of a ledger file ("tdvl"), so any other SQLite file is refused.
 APPLICATION_ID = 0x7464766C
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _U64_WRAP = 1 << 64
 _I64_TOP = 1 << 63
 
@@ -101,32 +101,9 @@ CREATE TABLE redemptions (
 """
 
 
-#: Appending a voucher moves its key's head in the same statement, and refuses one that is not
-#: above the head (32-byte big-endian blobs compare like the numbers): one INSERT per voucher
-#: instead of a transaction of four statements, on the hot path of every piece.
-_TRIGGERS = (
-    """
-CREATE TRIGGER vouchers_only_forward BEFORE INSERT ON vouchers
-WHEN NEW.cumulative <= coalesce((SELECT cumulative FROM heads WHERE role=NEW.role
-    AND chain_id=NEW.chain_id AND contract=NEW.contract AND payer=NEW.payer
-    AND payee=NEW.payee AND epoch=NEW.epoch), x'')
-BEGIN
-    SELECT RAISE(ABORT, 'voucher not above the head');
-END
-""",
-    """
-CREATE TRIGGER vouchers_move_head AFTER INSERT ON vouchers
-BEGIN
-    INSERT INTO heads (role, chain_id, contract, payer, payee, epoch, cumulative, signature,
-                       updated)
-    VALUES (NEW.role, NEW.chain_id, NEW.contract, NEW.payer, NEW.payee, NEW.epoch,
-            NEW.cumulative, NEW.signature, NEW.time)
-    ON CONFLICT DO UPDATE SET cumulative=excluded.cumulative, signature=excluded.signature,
-                              updated=excluded.updated;
-END
-""",
-)
-
+#: Version 2 kept the heads with triggers; version 3 moves them in :meth:`record_batch`
+#: (once per key per batch instead of once per voucher).  Opening a version 2 file drops them.
+_V2_TRIGGERS = ("vouchers_only_forward", "vouchers_move_head")
 
 _HEAD = (
     "SELECT cumulative FROM heads WHERE role=? AND chain_id=? AND contract=? AND payer=? "
@@ -137,6 +114,28 @@ _HEAD = (
 class Role(enum.StrEnum):
     SIGNED = "signed"  # we are the payer
     RECEIVED = "received"  # we are the payee
+
+
+_INSERT_VOUCHER = (
+    "INSERT INTO vouchers (time, role, chain_id, contract, payer, payee, epoch, cumulative, "
+    "amount, piece, nbytes, signature) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+_UPSERT_HEAD = (
+    "INSERT INTO heads (role, chain_id, contract, payer, payee, epoch, cumulative, signature, "
+    "updated) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET "
+    "cumulative=excluded.cumulative, signature=excluded.signature, updated=excluded.updated"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class VoucherRecord:
+    """One voucher to append to the log: what :meth:`VoucherLedger.record_batch` takes."""
+
+    role: Role
+    domain: Domain
+    signed: SignedVoucher
+    piece: int | None = None
+    nbytes: int = 0
 
 
 class VoucherLike(Protocol):
@@ -246,8 +245,6 @@ class VoucherLedger:
                     for statement in _SCHEMA.split(";"):
                         if statement.strip():
                             db.execute(statement)
-                    for trigger in _TRIGGERS:
-                        db.execute(trigger)
                     db.execute(f"PRAGMA application_id={APPLICATION_ID}")
                     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                 db.execute("COMMIT")
@@ -257,6 +254,8 @@ class VoucherLedger:
         if db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
             raise StoreError(f"{str(self.path)!r} is not a voucher ledger")
         version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version == 2:
+            version = self._upgrade_from_2()
         if version != SCHEMA_VERSION:
             raise StoreError(
                 f"voucher ledger {str(self.path)!r} has format {version}; this version reads "
@@ -265,6 +264,22 @@ class VoucherLedger:
         # only now, knowing the file is ours, change how it is journaled
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
+
+    def _upgrade_from_2(self) -> int:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version == 2:  # not upgraded by another process meanwhile
+                for trigger in _V2_TRIGGERS:
+                    db.execute(f"DROP TRIGGER IF EXISTS {trigger}")
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                version = SCHEMA_VERSION
+            db.execute("COMMIT")
+        except BaseException:
+            db.rollback()
+            raise
+        return int(version)
 
     def close(self) -> None:
         with self._lock:
@@ -297,6 +312,75 @@ class VoucherLedger:
 
     # -- writing ------------------------------------------------------------------------
 
+    def record_batch(
+        self, records: Sequence[VoucherRecord], *, now: float | None = None
+    ) -> list[int | InvalidTicket]:
+        """Append ``records`` to the log in order, in one transaction, each moving the head of
+        its key; return, per record, the amount of its step (its cumulative minus the head
+        before it) or the :class:`InvalidTicket` that refused it because it was not above the
+        head (a replay, or two sessions racing for one payer and payee: nothing of it is
+        written).  Everything returned as an amount is committed (see the module docstring for
+        how durably) when this returns.
+
+        One commit per batch is what makes per-piece vouchers cheap: a commit costs more than
+        the rows it writes.  The ledger stores; it does not verify signatures — callers do that
+        first.
+        """
+        when = time.time() if now is None else now
+        results: list[int | InvalidTicket] = []
+        rows: list[tuple[Any, ...]] = []
+        with self._locked() as db:
+            db.execute("BEGIN IMMEDIATE")  # heads are read and moved under the write lock
+            # key -> (head cumulative, or -1 for none yet; its signature if this batch moved it)
+            heads: dict[tuple[Any, ...], tuple[int, bytes]] = {}
+            for record in records:
+                signed, domain = record.signed, record.domain
+                key = (
+                    record.role.value,
+                    _i64(domain.chain_id),
+                    domain.contract,
+                    signed.payer,
+                    signed.payee,
+                    _i64(signed.epoch),
+                )
+                if key not in heads:
+                    row = db.execute(_HEAD, key).fetchone()
+                    heads[key] = (_int(row[0]) if row else -1, b"")
+                head = heads[key][0]
+                if signed.cumulative <= head:
+                    results.append(
+                        InvalidTicket(
+                            f"voucher cumulative {signed.cumulative} is not above {head}, "
+                            f"already recorded for payer {hex_address(signed.payer)}"
+                        )
+                    )
+                    continue
+                amount = signed.cumulative - max(head, 0)
+                heads[key] = (signed.cumulative, signed.signature)
+                rows.append(
+                    (
+                        when,
+                        *key,
+                        _u256(signed.cumulative),
+                        _u256(amount),
+                        record.piece,
+                        record.nbytes,
+                        signed.signature,
+                    )
+                )
+                results.append(amount)
+            db.executemany(_INSERT_VOUCHER, rows)
+            db.executemany(
+                _UPSERT_HEAD,
+                [
+                    (*key, _u256(cumulative), signature, when)
+                    for key, (cumulative, signature) in heads.items()
+                    if signature  # moved by this batch
+                ],
+            )
+            db.execute("COMMIT")
+        return results
+
     def record(
         self,
         role: Role,
@@ -306,57 +390,13 @@ class VoucherLedger:
         piece: int | None = None,
         nbytes: int = 0,
         now: float | None = None,
-        previous: int | None = None,
     ) -> int:
-        """Append ``signed`` to the log and make it the head of its key; return the amount of
-        this step (its cumulative minus the previous head's).  It is committed (see the module
-        docstring for how durably) when this returns.
-
-        ``previous`` is the head's cumulative as the caller knows it (a session does): the
-        voucher is then written by one INSERT.  Without it the head is read first, in the same
-        transaction.  Either way the ledger itself refuses a voucher that is not above the head
-        recorded (a replay, or two sessions racing for one payer and payee) with
-        :class:`InvalidTicket`, and nothing is written then.  The ledger stores; it does not
-        verify signatures — the sessions do that first.
-        """
-        when = time.time() if now is None else now
-        key = (
-            role.value,
-            _i64(domain.chain_id),
-            domain.contract,
-            signed.payer,
-            signed.payee,
-            _i64(signed.epoch),
-        )
-        insert = (
-            "INSERT INTO vouchers (time, role, chain_id, contract, payer, payee, epoch, "
-            "cumulative, amount, piece, nbytes, signature) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
-        )
-        cumulative = _u256(signed.cumulative)
-        with self._locked() as db:
-            try:
-                if previous is not None:
-                    amount = signed.cumulative - previous
-                    values = (when, *key, cumulative, _u256(max(amount, 0)), piece, nbytes)
-                    db.execute(insert, (*values, signed.signature))
-                    return amount
-                db.execute("BEGIN IMMEDIATE")
-                row = db.execute(_HEAD, key).fetchone()
-                amount = signed.cumulative - (_int(row[0]) if row else 0)
-                values = (when, *key, cumulative, _u256(max(amount, 0)), piece, nbytes)
-                db.execute(insert, (*values, signed.signature))
-                db.execute("COMMIT")
-                return amount
-            except sqlite3.IntegrityError as exc:
-                if "not above the head" not in str(exc):
-                    raise
-                self._abandon_transaction()
-                row = db.execute(_HEAD, key).fetchone()
-                raise InvalidTicket(
-                    f"voucher cumulative {signed.cumulative} is not above "
-                    f"{_int(row[0]) if row else 0}, already recorded for payer "
-                    f"{hex_address(signed.payer)}"
-                ) from None
+        """Record one voucher (see :meth:`record_batch`); return the amount of its step or
+        raise :class:`InvalidTicket` when it is not above the head."""
+        (result,) = self.record_batch([VoucherRecord(role, domain, signed, piece, nbytes)], now=now)
+        if isinstance(result, InvalidTicket):
+            raise result
+        return result
 
     def record_signed(
         self,
@@ -366,12 +406,9 @@ class VoucherLedger:
         piece: int | None = None,
         nbytes: int = 0,
         now: float | None = None,
-        previous: int | None = None,
     ) -> int:
         """Payer side: call before sending ``signed`` (see ``accounts.PayerSession``)."""
-        return self.record(
-            Role.SIGNED, domain, signed, piece=piece, nbytes=nbytes, now=now, previous=previous
-        )
+        return self.record(Role.SIGNED, domain, signed, piece=piece, nbytes=nbytes, now=now)
 
     def record_received(
         self,
@@ -381,12 +418,9 @@ class VoucherLedger:
         piece: int | None = None,
         nbytes: int = 0,
         now: float | None = None,
-        previous: int | None = None,
     ) -> int:
         """Payee side: call after verifying ``signed`` and before counting it."""
-        return self.record(
-            Role.RECEIVED, domain, signed, piece=piece, nbytes=nbytes, now=now, previous=previous
-        )
+        return self.record(Role.RECEIVED, domain, signed, piece=piece, nbytes=nbytes, now=now)
 
     def mark_redeemed(
         self,

@@ -1,0 +1,136 @@
+"""The voucher queue: signs or verifies, records, then delivers, in order and in batches; a
+voucher is acted on only once it is in the ledger; nothing is lost to cancellation."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import trio
+
+from thetadist.errors import InvalidTicket, StoreError
+from thetadist.net.voucher_queue import VoucherQueue
+from thetadist.pay.ledger import Role, VoucherLedger
+from thetadist.pay.voucher import Domain, SignedVoucher, Voucher, VoucherSigner
+
+DOMAIN = Domain(31337, b"\xcc" * 20)
+PAYEE = b"\x0a" * 20
+
+
+@pytest.fixture
+def ledger(tmp_path: Path):
+    with VoucherLedger(tmp_path / "vouchers.sqlite") as opened:
+        yield opened
+
+
+class Outcomes:
+    """Records each delivery, checking that the ledger already holds what ``done`` gets."""
+
+    def __init__(self, ledger: VoucherLedger, role: Role) -> None:
+        self.ledger = ledger
+        self.role = role
+        self.done: list[tuple[int, int]] = []
+        self.failed: list[Exception] = []
+
+    def on_done(self, signed: SignedVoucher, amount: int) -> None:
+        head = self.ledger.latest(self.role, DOMAIN, signed.payer, signed.payee, signed.epoch)
+        assert head is not None and head.cumulative >= signed.cumulative  # committed first
+        self.done.append((signed.cumulative, amount))
+
+    def on_failed(self, error: InvalidTicket | StoreError) -> None:
+        self.failed.append(error)
+
+
+async def test_signed_vouchers_are_recorded_in_order_in_few_batches(
+    ledger: VoucherLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    signer = VoucherSigner(os.urandom(32), DOMAIN)
+    queue = VoucherQueue(ledger, linger=0.05)
+    batches: list[int] = []
+    record_batch = ledger.record_batch
+
+    def counting(records, **kwargs):  # type: ignore[no-untyped-def]
+        batches.append(len(records))
+        return record_batch(records, **kwargs)
+
+    monkeypatch.setattr(ledger, "record_batch", counting)
+    outcomes = Outcomes(ledger, Role.SIGNED)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(queue.run)
+        for step in range(1, 21):
+            voucher = Voucher(signer.address, PAYEE, 0, step * 100)
+            queue.sign(
+                signer,
+                voucher,
+                piece=step,
+                nbytes=1 << 20,
+                done=outcomes.on_done,
+                failed=outcomes.on_failed,
+            )
+        while not queue.idle:
+            await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert outcomes.done == [(step * 100, 100) for step in range(1, 21)]
+    assert not outcomes.failed
+    assert sum(batches) == 20 and len(batches) <= 2  # submitted together, committed together
+    entries = ledger.entries(limit=None)
+    assert [e.piece for e in reversed(entries)] == list(range(1, 21))
+    for entry in entries:  # real signatures, by the signer
+        assert entry.signed.payer == signer.address
+
+
+async def test_a_forged_or_replayed_voucher_fails_alone(ledger: VoucherLedger) -> None:
+    payer = VoucherSigner(os.urandom(32), DOMAIN)
+    good = [payer.sign(Voucher(payer.address, PAYEE, 0, amount)) for amount in (10, 20, 30)]
+    forged = SignedVoucher(Voucher(payer.address, PAYEE, 0, 25), good[0].signature)
+    queue = VoucherQueue(ledger)
+    outcomes = Outcomes(ledger, Role.RECEIVED)
+    for signed in (good[0], good[1], forged, good[1], good[2]):
+        queue.verify(DOMAIN, signed, done=outcomes.on_done, failed=outcomes.on_failed)
+    await queue.settle()  # without the runner: processed at once, on the caller's thread
+    assert outcomes.done == [(10, 10), (20, 10), (30, 10)]
+    assert len(outcomes.failed) == 2
+    assert all(isinstance(error, InvalidTicket) for error in outcomes.failed)
+    assert [e.cumulative for e in ledger.entries(limit=None)] == [30, 20, 10]
+
+
+async def test_an_unwritable_ledger_fails_every_job_and_acts_on_none(
+    ledger: VoucherLedger,
+) -> None:
+    signer = VoucherSigner(os.urandom(32), DOMAIN)
+    queue = VoucherQueue(ledger)
+    outcomes = Outcomes(ledger, Role.SIGNED)
+    ledger.close()
+    for amount in (1, 2):
+        queue.sign(
+            signer,
+            Voucher(signer.address, PAYEE, 0, amount),
+            piece=0,
+            nbytes=1,
+            done=outcomes.on_done,
+            failed=outcomes.on_failed,
+        )
+    await queue.settle()
+    assert outcomes.done == []
+    assert [type(error) for error in outcomes.failed] == [StoreError, StoreError]
+
+
+async def test_cancelling_the_runner_loses_no_job(ledger: VoucherLedger) -> None:
+    """Cancelled while lingering or while the worker thread runs: what the thread committed
+    is delivered, the rest stays queued and ``settle`` finishes it."""
+    payer = VoucherSigner(os.urandom(32), DOMAIN)
+    outcomes = Outcomes(ledger, Role.RECEIVED)
+    queue = VoucherQueue(ledger, linger=0)
+    amounts = range(1, 401)
+    for amount in amounts:
+        signed = payer.sign(Voucher(payer.address, PAYEE, 0, amount))
+        queue.verify(DOMAIN, signed, done=outcomes.on_done, failed=outcomes.on_failed)
+    with trio.move_on_after(0.002):
+        await queue.run()  # cancelled mid-way through its batches
+    with trio.CancelScope(shield=True):
+        await queue.settle()
+    assert queue.idle
+    assert [cumulative for cumulative, _ in outcomes.done] == list(amounts)
+    assert not outcomes.failed
+    assert len(ledger.entries(limit=None)) == len(amounts)
