@@ -112,6 +112,12 @@ def bench_transfer(workdir: Path, size: int, repeat: int, rpc: str) -> dict[str,
         raise SystemExit("error: an arm had no good run; see the logs under " + str(workdir))
     medians = {name: statistics.median(values) for name, values in walls.items()}
     slowdown = medians["paid"] / medians["free"]
+    # each round's paid ÷ free, both arms run back to back: shows the machine's drift
+    paired = [
+        paid["wall_s"] / free["wall_s"]
+        for paid, free in zip(runs["paid"], runs["free"], strict=True)
+        if paid.get("ok") and free.get("ok")
+    ]
     seeder_account = open_wallet(wallets / "seeder.json", passphrase=PASSPHRASE)
     with VoucherLedger(seeder_ledger) as ledger:
         report = redeem_vouchers(pool, ledger, seeder_account)
@@ -137,6 +143,7 @@ def bench_transfer(workdir: Path, size: int, repeat: int, rpc: str) -> dict[str,
         "median_wall_s": medians,
         "throughput_MBps": {name: round(size / m / 1e6, 1) for name, m in medians.items()},
         "paid_over_free": round(slowdown, 3),
+        "paid_over_free_by_round": [round(ratio, 3) for ratio in paired],
         "target": TARGET_SLOWDOWN,
         "met": slowdown <= TARGET_SLOWDOWN,
         "redeemed_wei": report.paid_wei,
@@ -179,6 +186,12 @@ def main() -> None:
                     f"(target ≤ {TARGET_SLOWDOWN}: {'met' if transfer['met'] else 'NOT met'}); "
                     f"redeemed {transfer['redeemed_wei']} wei, exactly the price of the bytes "
                     "served"
+                )
+                by_round = transfer["paid_over_free_by_round"]
+                log(
+                    "  paid ÷ free round by round: "
+                    + " ".join(f"{ratio:.3f}" for ratio in by_round)
+                    + f" (median {statistics.median(by_round):.3f})"
                 )
     print(json.dumps(report, indent=2))
 

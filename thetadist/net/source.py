@@ -2,7 +2,9 @@
 
 A seeder never uploads a corrupt piece: a piece is hashed against the manifest the first time
 it is read, in a worker thread, and again whenever its file changed since (inode, size or
-mtime); a piece that fails is withdrawn (REJECTed from then on) instead of being sent.
+mtime); a piece that fails is withdrawn (REJECTed from then on) instead of being sent.  A
+piece already verified and unchanged is read on the event loop when the page cache holds it
+(:mod:`thetadist.store.cached_read`), else in a worker thread.
 Nothing is hashed up front, so seeding a 60 GB build starts at once, and a piece served to
 many peers is hashed once.  A fetcher serves from its own store, whose pieces were verified
 before they were written.
@@ -20,6 +22,7 @@ import trio
 from thetadist.errors import IntegrityError, StoreError
 from thetadist.manifest.model import Manifest
 from thetadist.store import PieceStore
+from thetadist.store.cached_read import pread_cached
 from thetadist.wire import Bitfield
 
 
@@ -28,7 +31,7 @@ class PieceSource(Protocol):
 
     def bitfield(self) -> bytes: ...
 
-    async def read_piece(self, index: int) -> bytes:
+    async def read_piece(self, index: int) -> bytes | bytearray:
         """The piece's bytes, verified against the manifest; raises IntegrityError/StoreError."""
         ...
 
@@ -45,7 +48,7 @@ class StoreSource:
     def bitfield(self) -> bytes:
         return self._store.bitfield()
 
-    async def read_piece(self, index: int) -> bytes:
+    async def read_piece(self, index: int) -> bytes | bytearray:
         return await self._store.read_piece(index)
 
 
@@ -87,8 +90,33 @@ class DirectorySource:
     def withdraw(self, index: int) -> None:
         self._present[index] = 0
 
-    async def read_piece(self, index: int) -> bytes:
-        return await trio.to_thread.run_sync(self._read, index, limiter=self._limiter)
+    async def read_piece(self, index: int) -> bytes | bytearray:
+        cached = self._read_cached(index)
+        if cached is None:
+            return await trio.to_thread.run_sync(self._read, index, limiter=self._limiter)
+        await trio.lowlevel.checkpoint()
+        return cached
+
+    def _read_cached(self, index: int) -> bytearray | None:
+        """A piece already verified, unchanged since and all in the page cache, or None."""
+        verified = self._verified_as.get(index)
+        if verified is None:
+            return None
+        piece = self.manifest.pieces[index]
+        path = self.root / self.manifest.files[piece.file_index].path
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return None
+        try:
+            info = os.fstat(fd)
+            if (info.st_ino, info.st_size, info.st_mtime_ns) != verified:
+                return None
+            return pread_cached(fd, piece.size, piece.offset)
+        except OSError:
+            return None  # the worker thread's read reports it properly
+        finally:
+            os.close(fd)
 
     def _read(self, index: int) -> bytes:
         piece = self.manifest.pieces[index]

@@ -46,6 +46,7 @@ from thetadist.errors import IntegrityError, StoreError
 from thetadist.events import Event, EventCallback, FileCompleted, PieceStored, ignore_event
 from thetadist.manifest.model import DIGEST_SIZE, Manifest, Piece
 from thetadist.store import journal as jr
+from thetadist.store.cached_read import pread_cached
 
 if TYPE_CHECKING:
     import trio
@@ -922,11 +923,46 @@ class PieceStore:
             self._verify(piece, memoryview(data))
         return data
 
-    async def read_piece(self, index: int, *, verify: bool = False) -> bytes:
-        """Read a present piece in a worker thread (``verify`` re-hashes it)."""
+    def read_piece_cached(self, index: int) -> bytearray | None:
+        """A present piece's bytes if the page cache holds all of them (read without blocking
+        on I/O, see :mod:`thetadist.store.cached_read`), else None.  For the event loop: it
+        never waits for the store's lock either (a worker thread may hold it through an
+        fsync) and opens no staging file."""
+        piece = self._piece(index)
+        if not self._present[index]:
+            return None
+        file_index = piece.file_index
+        try:
+            if self._final[file_index]:
+                path = os.fspath(self.out_dir / self.manifest.files[file_index].path)
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | _O_CLOEXEC)
+                try:
+                    return pread_cached(fd, piece.size, piece.offset)
+                finally:
+                    os.close(fd)
+            if not self._lock.acquire(blocking=False):
+                return None
+            try:  # under the lock no thread can close the descriptor
+                handle = self._fds.get(file_index)
+                if handle is None or handle.doomed:
+                    return None
+                return pread_cached(handle.fd, piece.size, piece.offset)
+            finally:
+                self._lock.release()
+        except OSError:
+            return None  # renamed meanwhile, say: the worker thread's read sorts it out
+
+    async def read_piece(self, index: int, *, verify: bool = False) -> bytes | bytearray:
+        """Read a present piece: on the event loop when the page cache holds it, else in a
+        worker thread (``verify`` re-hashes it, always in the thread)."""
         import trio
 
         self._check_open()
+        if not verify:
+            cached = self.read_piece_cached(index)
+            if cached is not None:
+                await trio.lowlevel.checkpoint()
+                return cached
         return await trio.to_thread.run_sync(
             lambda: self.read_piece_sync(index, verify=verify), limiter=self._get_limiter()
         )
