@@ -360,3 +360,45 @@ def test_exec_bits_follow_the_manifest(tmp_path: Path) -> None:
     assert os.stat(out / "run.sh").st_mode & 0o111
     assert not os.stat(out / "data").st_mode & 0o111
     assert stat.S_ISREG(os.stat(out / "data").st_mode)
+
+
+def test_pieces_are_written_while_a_sync_is_flushing_the_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The periodic sync fsyncs the files without the store's lock first: a write from
+    another thread must not wait for it (it used to, for most of a second per sync)."""
+    import threading
+
+    import thetadist.store.piece_store as piece_store
+
+    source = build_source(tmp_path / "src")
+    manifest = manifest_of(source)
+    store = PieceStore.open(manifest, tmp_path / "out")
+    pieces = manifest.pieces
+    store.write_piece_sync(pieces[0].index, piece_data(manifest, source, pieces[0].index))
+    flushing, release, gave_up = threading.Event(), threading.Event(), threading.Event()
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        if threading.current_thread() is syncing and not release.is_set():
+            flushing.set()
+            if not release.wait(10):
+                gave_up.set()  # the write waited for this fsync: the lock was held
+        real_fsync(fd)
+
+    monkeypatch.setattr(piece_store.os, "fsync", slow_fsync)
+    syncing = threading.Thread(target=store.sync)
+    syncing.start()
+    assert flushing.wait(10)
+    later = pieces[-1].index
+    store.write_piece_sync(later, piece_data(manifest, source, later))
+    assert not gave_up.is_set()  # written while the sync was still flushing
+    release.set()
+    syncing.join(10)
+    assert not syncing.is_alive()
+    monkeypatch.setattr(piece_store.os, "fsync", real_fsync)
+    assert store.has_piece(later)
+    store.close()
+    reopened = PieceStore.open(manifest, tmp_path / "out")
+    assert reopened.has_piece(pieces[0].index) and reopened.has_piece(later)
+    reopened.close()

@@ -527,6 +527,7 @@ class PieceStore:
         fd = self._acquire(file_index, create=True)
         try:
             pwrite_all(fd, view, offset)
+            _start_writeback(fd, offset, len(view))
         except OSError as exc:
             raise store_error(exc, "write", self._partial_path(file_index)) from None
         finally:
@@ -971,8 +972,26 @@ class PieceStore:
 
     def sync(self) -> None:
         """fsync every staging file written since the last sync and the journal, then
-        record ``SYNCED`` so a reboot does not put those pieces in doubt."""
+        record ``SYNCED`` so a reboot does not put those pieces in doubt.
+
+        The files are fsynced twice: first without the store's lock, so that the other
+        threads go on writing pieces while most of the data goes to disk (an fsync of a
+        few hundred MiB takes most of a second), then under the lock, which writes only
+        what came in meanwhile, together with the journal and the ``SYNCED`` record.
+        """
         assert self._journal is not None
+        with self._lock:
+            early = [i for i in sorted(self._dirty) if not self._final[i]]
+            fds = [self._acquire(file_index, create=False) for file_index in early]
+        try:
+            for file_index, fd in zip(early, fds, strict=True):
+                try:
+                    os.fsync(fd)
+                except OSError as exc:
+                    raise store_error(exc, "sync", self._partial_path(file_index)) from None
+        finally:
+            for file_index in early:
+                self._release(file_index)
         with self._lock:
             for file_index in sorted(self._dirty):
                 if self._final[file_index]:
@@ -1086,6 +1105,7 @@ class PieceStore:
 
 
 _libc: Any = None
+_SYNC_FILE_RANGE_WRITE = 2
 
 
 def _syncfs_available() -> bool:
@@ -1094,9 +1114,30 @@ def _syncfs_available() -> bool:
         try:
             _libc = ctypes.CDLL(None, use_errno=True)
             _libc.syncfs.argtypes = [ctypes.c_int]
+            _libc.sync_file_range.argtypes = [
+                ctypes.c_int,
+                ctypes.c_int64,
+                ctypes.c_int64,
+                ctypes.c_uint,
+            ]
         except (OSError, AttributeError):
             _libc = False
     return bool(_libc)
+
+
+def _start_writeback(fd: int, offset: int, size: int) -> None:
+    """Start writing a range just written to disk, without waiting (Linux
+    ``sync_file_range(SYNC_FILE_RANGE_WRITE)``), so the fsync before the file's rename (and
+    the periodic sync) find little left to write instead of the whole file at once.  A hint
+    only: its failure (a filesystem that does not do it) changes nothing, the fsyncs still
+    make the data durable.
+
+    Measured on the 1 → 8 loopback benchmark (2 cores, ext4 on a virtual disk), thetadist
+    only, alternating: without it each fetcher's sync at 256 MiB took 0.7–1.0 s and the fsync
+    before the rename 0.15–0.8 s, all eight at once; with it 10–60 ms and 1–11 ms, and the
+    wall time went from 9.0–10.8 s to 8.0–9.6 s."""
+    if _syncfs_available():
+        _libc.sync_file_range(fd, offset, size, _SYNC_FILE_RANGE_WRITE)
 
 
 def _syncfs(path: Path) -> None:
