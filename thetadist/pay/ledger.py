@@ -331,8 +331,8 @@ class VoucherLedger:
         rows: list[tuple[Any, ...]] = []
         with self._locked() as db:
             db.execute("BEGIN IMMEDIATE")  # heads are read and moved under the write lock
-            # key -> (head cumulative, or -1 for none yet; its signature if this batch moved it)
-            heads: dict[tuple[Any, ...], tuple[int, bytes]] = {}
+            heads: dict[tuple[Any, ...], int] = {}  # key -> head cumulative, -1 for none yet
+            moved: dict[tuple[Any, ...], SignedVoucher] = {}  # key -> its new head
             for record in records:
                 signed, domain = record.signed, record.domain
                 key = (
@@ -345,8 +345,8 @@ class VoucherLedger:
                 )
                 if key not in heads:
                     row = db.execute(_HEAD, key).fetchone()
-                    heads[key] = (_int(row[0]) if row else -1, b"")
-                head = heads[key][0]
+                    heads[key] = _int(row[0]) if row else -1
+                head = heads[key]
                 if signed.cumulative <= head:
                     results.append(
                         InvalidTicket(
@@ -356,7 +356,8 @@ class VoucherLedger:
                     )
                     continue
                 amount = signed.cumulative - max(head, 0)
-                heads[key] = (signed.cumulative, signed.signature)
+                heads[key] = signed.cumulative
+                moved[key] = signed
                 rows.append(
                     (
                         when,
@@ -373,9 +374,8 @@ class VoucherLedger:
             db.executemany(
                 _UPSERT_HEAD,
                 [
-                    (*key, _u256(cumulative), signature, when)
-                    for key, (cumulative, signature) in heads.items()
-                    if signature  # moved by this batch
+                    (*key, _u256(head.cumulative), head.signature, when)
+                    for key, head in moved.items()
                 ],
             )
             db.execute("COMMIT")
