@@ -302,9 +302,12 @@ def _run_swarm(
                 )
             while not all(result.complete for result in results):
                 await trio.sleep(0.1)
-            # The last vouchers may still be on the wire: let every one land before stopping.
+            # The last vouchers may still be queued or on the wire: a voucher a payer has
+            # recorded but not yet sent would count as paid and never reach its payee.
             with trio.move_on_after(VOUCHER_DRAIN_TIMEOUT):
-                while vouchers["signed"] != vouchers["received"]:
+                while vouchers["signed"] != vouchers["received"] or not all(
+                    p.idle for p in payments if p is not None
+                ):
                     await trio.sleep(0.05)
             nursery.cancel_scope.cancel()
 

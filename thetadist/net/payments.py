@@ -177,6 +177,11 @@ class Payments:
     def _queues(self) -> list[VoucherQueue]:
         return [role.queue for role in (self.payee, self.payer) if role is not None]
 
+    @property
+    def idle(self) -> bool:
+        """No voucher waits to be signed, verified, recorded or acted on."""
+        return all(queue.idle for queue in self._queues())
+
     async def run(self) -> None:
         """The voucher queues' batches; the swarm runs this in its nursery."""
         async with trio.open_nursery() as nursery:
