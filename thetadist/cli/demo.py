@@ -51,6 +51,7 @@ from thetadist.units import format_size
 ORIGIN_RATE = 8_000_000  # bytes/s: a slow origin makes the peer-to-peer relaying visible
 PRICE_PER_MIB = 10**13  # wei (10,000 gwei): a 40 MiB build costs 0.0004 ether
 VOUCHER_DRAIN_TIMEOUT = 10.0
+VOUCHER_QUIET_TIME = 0.3
 
 
 def demo(
@@ -302,13 +303,20 @@ def _run_swarm(
                 )
             while not all(result.complete for result in results):
                 await trio.sleep(0.1)
-            # The last vouchers may still be queued or on the wire: a voucher a payer has
-            # recorded but not yet sent would count as paid and never reach its payee.
-            with trio.move_on_after(VOUCHER_DRAIN_TIMEOUT):
-                while vouchers["signed"] != vouchers["received"] or not all(
+            # The last vouchers may still be queued or on the wire (a voucher a payer has
+            # recorded but not yet sent would count as paid and never reach its payee), and a
+            # late endgame duplicate is paid for too: stop once all is settled for a while.
+            def settled() -> bool:
+                return vouchers["signed"] == vouchers["received"] and all(
                     p.idle for p in payments if p is not None
-                ):
+                )
+
+            with trio.move_on_after(VOUCHER_DRAIN_TIMEOUT):
+                quiet_since = trio.current_time()
+                while trio.current_time() - quiet_since < VOUCHER_QUIET_TIME:
                     await trio.sleep(0.05)
+                    if not settled():
+                        quiet_since = trio.current_time()
             nursery.cancel_scope.cancel()
 
     with progress:
