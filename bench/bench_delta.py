@@ -6,8 +6,11 @@ For each archive-record profile (``mixed``: 2 KiB–512 KiB records, fine-graine
 ``assets``: 64 KiB–8 MiB records), generates a game build and its patch with a known count of
 truly new bytes (``bench.gamebuild``), then in the same run measures:
 
-* thetadist (per-file FastCDC at several average sizes, and fixed 1 MiB pieces): the
-  ``manifest diff`` figure ``bytes_to_fetch`` = unique new chunk bytes + the new manifest;
+* thetadist (per-file FastCDC at several average sizes, each cut against version 1's tree
+  (``aligned``, what ``manifest create --previous-dir`` does) and on its own; fixed 1 MiB
+  pieces): the ``manifest diff`` figure ``bytes_to_fetch`` = unique new chunk bytes not
+  derivable from version 1 + the manifest delta from version 1's manifest (or the whole new
+  manifest where there is none);
 * casync at its default and at a 16 KiB average: unique new chunk bytes (uncompressed) + the
   new index; the compressed size of those chunks in its store is shown too;
 * a real update: ``assemble_from_local`` builds version 2 from version 1's directory, and the
@@ -72,20 +75,25 @@ def run_profile(work: Path, size: int, seed: int, records: str) -> dict[str, Any
     default_manifests = None
     for average in AVERAGES:
         params = ChunkerParams.fastcdc(average)
-        started = time.perf_counter()
         old = create_manifest(v1, chunker=params)
-        patched = create_manifest(v2, chunker=params, previous=old)
-        seconds = time.perf_counter() - started
-        result = diff(old, patched)
-        add(
-            "thetadist",
-            f"fastcdc avg {average // 1024} KiB",
-            result.bytes_to_fetch,
-            manifest_bytes=result.manifest_bytes,
-            seconds=round(seconds, 1),
-        )
-        if average == ChunkerParams().avg_size:
-            default_manifests = (old, patched, result)
+        for aligned in (True, False):
+            started = time.perf_counter()
+            patched = create_manifest(
+                v2, chunker=params, previous=old, previous_dir=v1 if aligned else None
+            )
+            seconds = time.perf_counter() - started
+            result = diff(old, patched)
+            add(
+                "thetadist",
+                f"fastcdc avg {average // 1024} KiB{' aligned' if aligned else ''}",
+                result.bytes_to_fetch,
+                manifest_bytes=result.manifest_bytes,
+                full_manifest_bytes=result.full_manifest_bytes,
+                derived_chunks=len(patched.derived),
+                seconds=round(seconds, 1),
+            )
+            if average == ChunkerParams().avg_size and aligned:
+                default_manifests = (old, patched, result)
     fixed = ChunkerParams.fixed(1024 * 1024)
     fixed_diff = diff(create_manifest(v1, chunker=fixed), create_manifest(v2, chunker=fixed))
     add(

@@ -99,6 +99,34 @@ def test_diff_and_local_fetch(capsys, tmp_path: Path) -> None:
     assert code == 0
 
 
+def test_a_patch_cut_against_the_old_tree_fetches_less(capsys, tmp_path: Path) -> None:
+    from thetadist.sample import write_sample_builds
+
+    v1, v2 = write_sample_builds(tmp_path)
+    m1, plain, aligned = tmp_path / "v1.tdm", tmp_path / "plain.tdm", tmp_path / "aligned.tdm"
+    run(capsys, "manifest", "create", str(v1), "-o", str(m1))
+    run(capsys, "manifest", "create", str(v2), "-o", str(plain), "--previous", str(m1))
+    code, out, _ = run(
+        capsys, "manifest", "create", str(v2), "-o", str(aligned), "--previous", str(m1),
+        "--previous-dir", str(v1), "--json",
+    )  # fmt: skip
+    assert code == 0 and ndjson(out)[-1]["derived_chunks"] > 0
+    sizes = {}
+    for label, patch in (("plain", plain), ("aligned", aligned)):
+        code, out, _ = run(capsys, "manifest", "diff", str(m1), str(patch), "--json")
+        summary = ndjson(out)[-1]
+        assert code == 0 and summary["manifest_bytes"] < summary["full_manifest_bytes"] / 2
+        sizes[label] = summary["data_bytes_to_fetch"]
+    assert sizes["aligned"] < sizes["plain"]
+    out_dir = tmp_path / "out"
+    code, out, _ = run(
+        capsys, "fetch", str(aligned), "-o", str(out_dir), "--from", str(v1), "--from", str(v2),
+        "--json",
+    )  # fmt: skip
+    assert code == 0 and ndjson(out)[-1]["complete"] is True
+    assert run(capsys, "manifest", "verify", str(aligned), str(out_dir))[0] == 0
+
+
 @pytest.mark.parametrize(
     "argv, code, text",
     [

@@ -77,7 +77,9 @@ def demo(
         started = time.perf_counter()
         v1, v2 = write_sample_builds(root, scale=scale)
         manifest_v1 = create_manifest(v1, name="sample-game", version="1")
-        manifest_v2 = create_manifest(v2, name="sample-game", version="2", previous=manifest_v1)
+        manifest_v2 = create_manifest(
+            v2, name="sample-game", version="2", previous=manifest_v1, previous_dir=v1
+        )
         manifest_v2.save(root / "v2.manifest")
         changes = diff(manifest_v1, manifest_v2)
         out.note(

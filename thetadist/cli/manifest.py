@@ -1,7 +1,8 @@
-"""``thetadist manifest create|show|verify|diff``."""
+"""``thetadist manifest create|show|verify|diff|delta|apply``."""
 
 from __future__ import annotations
 
+import os
 import time
 from enum import StrEnum
 from pathlib import Path
@@ -11,13 +12,15 @@ import typer
 
 from thetadist.cli.common import JsonOption, TrustOption, load_manifest
 from thetadist.cli.output import Output
-from thetadist.errors import IntegrityError
+from thetadist.errors import IntegrityError, ManifestError
 from thetadist.events import Event, FileScanned
 from thetadist.manifest.create import create_manifest
+from thetadist.manifest.delta import apply_delta, encode_delta
 from thetadist.manifest.diff import diff
-from thetadist.manifest.model import DEFAULT_PIECE_SIZE, ChunkerParams, Manifest
-from thetadist.manifest.signing import load_private_key
+from thetadist.manifest.model import DEFAULT_PIECE_SIZE, ChunkerParams, Manifest, ManifestLimits
+from thetadist.manifest.signing import load_private_key, parse_public_key
 from thetadist.manifest.verify import verify_tree
+from thetadist.store.atomic import atomic_write_bytes
 from thetadist.units import parse_size
 
 app = typer.Typer(help="Create, inspect, verify and compare manifests.", no_args_is_help=True)
@@ -49,6 +52,15 @@ def create(
     ] = None,
     previous: Annotated[
         Path | None, typer.Option(metavar="OLD_MANIFEST", help="The manifest this version patches.")
+    ] = None,
+    previous_dir: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="OLD_DIR",
+            help="The previous version's tree: cut chunks where new content starts and ends, "
+            "and list old content around edits as derived chunks, so a holder of the old "
+            "version fetches little more than the new bytes.",
+        ),
     ] = None,
     workers: Annotated[
         int | None, typer.Option(help="Hashing threads (default: all cores).")
@@ -82,6 +94,7 @@ def create(
             chunker=params,
             piece_size=parse_size(piece_size) if piece_size else DEFAULT_PIECE_SIZE,
             previous=previous_manifest,
+            previous_dir=previous_dir,
             sign_key=key,
             on_event=on_event,
             workers=workers,
@@ -113,6 +126,7 @@ def _describe(manifest: Manifest) -> dict[str, object]:
         "empty_directories": len(manifest.directories),
         "total_bytes": manifest.total_size,
         "chunks": manifest.chunk_count,
+        "derived_chunks": len(manifest.derived),
         "pieces": len(manifest.pieces),
         "piece_size": manifest.piece_size,
         "signers": [key.hex() for key in sorted(manifest.signatures)],
@@ -259,3 +273,78 @@ def diff_command(
         if len(changes) > 200:
             out.note(f"… and {len(changes) - 200} more (use --json for all)")
     out.summary(result.summary(), "diff")
+
+
+@app.command("delta")
+def delta_command(
+    old: Annotated[Path, typer.Argument(metavar="OLD")],
+    new: Annotated[Path, typer.Argument(metavar="NEW")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Delta file to write.")],
+    trust: TrustOption = None,
+    json_mode: JsonOption = False,
+) -> None:
+    """Write the delta from OLD to NEW: all a holder of OLD needs to rebuild NEW exactly."""
+    out = Output(json_mode)
+    old_manifest = load_manifest(old, trust)
+    new_manifest = load_manifest(new, trust)
+    data = encode_delta(old_manifest, new_manifest)
+    atomic_write_bytes(output, data)
+    manifest_bytes = len(new_manifest.encode())
+    out.summary(
+        {
+            "base": old_manifest.id_hex,
+            "target": new_manifest.id_hex,
+            "manifest_bytes": manifest_bytes,
+            "delta_bytes": len(data),
+            "ratio": round(len(data) / manifest_bytes, 6),
+            "delta_file": str(output),
+        },
+        "manifest delta",
+    )
+    out.note(
+        f"the delta is {len(data) / manifest_bytes:.2%} of the manifest "
+        f"({manifest_bytes / len(data):.1f}× smaller)"
+    )
+
+
+@app.command("apply")
+def apply_command(
+    old: Annotated[Path, typer.Argument(metavar="OLD")],
+    delta_file: Annotated[Path, typer.Argument(metavar="DELTA")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Manifest file to write.")],
+    trust: TrustOption = None,
+    json_mode: JsonOption = False,
+) -> None:
+    """Rebuild the new manifest from OLD and DELTA (made by `manifest delta`) and write it.
+
+    The result is checked like any downloaded manifest; --trust applies to it, not to OLD.
+    """
+    out = Output(json_mode)
+    keys = [parse_public_key(text) for text in trust or []]
+    old_manifest = load_manifest(old, None)
+    limits = ManifestLimits()
+    data = _read_delta(delta_file, limits)
+    manifest = apply_delta(old_manifest, data, trust=keys, limits=limits)
+    manifest_bytes = manifest.save(output)
+    out.summary(
+        {
+            "id": manifest.id_hex,
+            "name": manifest.name,
+            "version": manifest.version,
+            "base": old_manifest.id_hex,
+            "signers": [key.hex() for key in sorted(manifest.signatures)],
+            "manifest_file": str(output),
+            "bytes": manifest_bytes,
+            "delta_bytes": len(data),
+        },
+        "manifest rebuilt",
+    )
+
+
+def _read_delta(path: Path, limits: ManifestLimits) -> bytes:
+    """At most one byte past the limit, so apply_delta rejects an oversized delta by size."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(limits.max_bytes + 1)
+    except OSError as exc:
+        raise ManifestError(f"cannot read delta {os.fspath(path)!r}: {exc.strerror}") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from thetadist.manifest.delta import encode_delta
 from thetadist.manifest.model import DIGEST_SIZE, Manifest
 
 
@@ -26,8 +27,11 @@ class ManifestDiff:
     bytes_reusable: int = 0
     #: Unique chunk bytes of the new version that the old one does not hold.
     data_bytes_to_fetch: int = 0
-    #: The new manifest itself, which a patching client downloads too.
+    #: What a patching client downloads to learn the new manifest: the manifest delta from
+    #: the old one when the new one names it as ``previous``, else the whole new manifest.
     manifest_bytes: int = 0
+    #: The whole new manifest.
+    full_manifest_bytes: int = 0
 
     @property
     def bytes_to_fetch(self) -> int:
@@ -44,6 +48,7 @@ class ManifestDiff:
             "bytes_reusable": self.bytes_reusable,
             "data_bytes_to_fetch": self.data_bytes_to_fetch,
             "manifest_bytes": self.manifest_bytes,
+            "full_manifest_bytes": self.full_manifest_bytes,
             "bytes_to_fetch": self.bytes_to_fetch,
         }
 
@@ -58,6 +63,7 @@ def diff(old: Manifest, new: Manifest) -> ManifestDiff:
     files or within a file counts as reusable.  A rename is a removed path and an added path
     with identical content; a file both at its old path and copied elsewhere is not a rename.
 
+    A derived chunk counts as reusable when the old version holds the chunk it is cut from.
     Reuse across different chunker parameters is naturally near zero: cut points differ.
     """
     old_paths = {entry.path: index for index, entry in enumerate(old.files)}
@@ -90,13 +96,18 @@ def diff(old: Manifest, new: Manifest) -> ManifestDiff:
     table = new.chunk_digests
     for index, size in enumerate(new.chunk_sizes):
         digest = table[index * DIGEST_SIZE : (index + 1) * DIGEST_SIZE]
-        if digest in have:
+        source = new.derived.get(index)
+        if digest in have or (source is not None and source.digest in have):
             reusable += size
         elif digest not in seen:
             seen.add(digest)
             to_fetch += size
         else:
             reusable += size  # a repeat inside the new version: fetched once, copied after
+    full = len(new.encode())
+    manifest_bytes = full
+    if new.previous == old.id:
+        manifest_bytes = min(full, len(encode_delta(old, new)))
     return ManifestDiff(
         added=sorted(added),
         removed=sorted(removed),
@@ -106,5 +117,6 @@ def diff(old: Manifest, new: Manifest) -> ManifestDiff:
         new_total_bytes=new.total_size,
         bytes_reusable=reusable,
         data_bytes_to_fetch=to_fetch,
-        manifest_bytes=len(new.encode()),
+        manifest_bytes=manifest_bytes,
+        full_manifest_bytes=full,
     )

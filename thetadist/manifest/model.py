@@ -9,6 +9,7 @@ so they cannot contradict it.  The format is specified in docs/manifest.md.
 from __future__ import annotations
 
 import os
+import struct
 import sys
 from array import array
 from collections.abc import Iterator, Mapping, Sequence
@@ -111,6 +112,22 @@ class FileSpec:
     executable: bool
     digests: bytes
     sizes: Sequence[int] = field(repr=False)
+    #: Chunks that are a slice of a previous version's chunk: (position in this file, source).
+    derived: Sequence[tuple[int, DerivedSource]] = ()
+
+
+@dataclass(frozen=True)
+class DerivedSource:
+    """Where a chunk can be rebuilt from a previous version: bytes ``[offset, offset + size)``
+    of the chunk whose BLAKE3 is ``digest`` (``size`` is the derived chunk's own size).  A
+    hint only: whatever is rebuilt is checked against the derived chunk's own digest."""
+
+    digest: bytes
+    offset: int
+
+
+#: One packed record of the ``derived chunks`` table: chunk index, source digest, offset.
+_DERIVED_RECORD = struct.Struct(">I32sI")
 
 
 def _sizes_to_bytes(sizes: array[int]) -> bytes:
@@ -146,6 +163,7 @@ class Manifest:
         piece_size: int = DEFAULT_PIECE_SIZE,
         previous: bytes | None = None,
         signatures: Mapping[bytes, bytes] | None = None,
+        derived: Mapping[int, DerivedSource] | None = None,
         limits: ManifestLimits = ManifestLimits(),
     ) -> None:
         self.name = name
@@ -158,6 +176,7 @@ class Manifest:
         self.piece_size = piece_size
         self.previous = previous
         self.signatures: dict[bytes, bytes] = dict(signatures or {})
+        self.derived: dict[int, DerivedSource] = dict(sorted((derived or {}).items()))
         self._validate(limits)
 
     # ----------------------------------------------------------------- construction
@@ -177,10 +196,12 @@ class Manifest:
         ordered = sorted(specs, key=lambda spec: spec.path.encode("utf-8"))
         entries: list[FileEntry] = []
         sizes = array("I")
+        derived: dict[int, DerivedSource] = {}
         for spec in ordered:
             entries.append(
                 FileEntry(spec.path, spec.size, spec.executable, len(sizes), len(spec.sizes))
             )
+            derived.update((len(sizes) + position, source) for position, source in spec.derived)
             sizes.extend(spec.sizes)
         # One join, no intermediate buffer: the table is the bulk of a big manifest's memory.
         digests = b"".join(spec.digests for spec in ordered)
@@ -194,6 +215,7 @@ class Manifest:
             directories=sorted(directories, key=lambda p: p.encode("utf-8")),
             piece_size=piece_size,
             previous=previous,
+            derived=derived,
         )
 
     def with_signatures(self, signatures: Mapping[bytes, bytes]) -> Manifest:
@@ -208,6 +230,7 @@ class Manifest:
             piece_size=self.piece_size,
             previous=self.previous,
             signatures={**self.signatures, **signatures},
+            derived=self.derived,
         )
 
     # ----------------------------------------------------------------- validation
@@ -235,6 +258,13 @@ class Manifest:
                 raise ManifestError("signature entries must be a 32-byte key and 64-byte signature")
         self._validate_files(chunk_count)
         self._validate_chunk_sizes()
+        for index, source in self.derived.items():
+            if not 0 <= index < chunk_count:
+                raise ManifestError(f"derived chunk {index} is not in the chunk table")
+            if len(source.digest) != DIGEST_SIZE or not (
+                0 <= source.offset <= 0xFFFFFFFF - self.chunk_sizes[index]
+            ):
+                raise ManifestError(f"derived chunk {index} has a malformed source")
 
     def _validate_files(self, chunk_count: int) -> None:
         previous_path: bytes | None = None
@@ -273,15 +303,10 @@ class Manifest:
         sizes = self.chunk_sizes
         if not sizes:
             return
+        # No minimum: a patch cuts its chunks where the new content starts and ends (see
+        # docs/manifest.md), and the chunk count limit already bounds the table.
         if min(sizes) < 1 or max(sizes) > self.chunker.max_size:
             raise ManifestError("a chunk is empty or larger than the chunker's maximum")
-        if self.chunker.min_size > 1:
-            # Every chunk but a file's last respects the minimum size.
-            for entry in self.files:
-                if entry.chunk_count > 1:
-                    inner = sizes[entry.first_chunk : entry.first_chunk + entry.chunk_count - 1]
-                    if min(inner) < self.chunker.min_size:
-                        raise ManifestError(f"chunk below the chunker's minimum in {entry.path!r}")
 
     # ----------------------------------------------------------------- derived data
 
@@ -422,6 +447,11 @@ class Manifest:
             value[b"directories"] = [d.encode("utf-8") for d in self.directories]
         if self.previous is not None:
             value[b"previous"] = self.previous
+        if self.derived:
+            value[b"derived chunks"] = b"".join(
+                _DERIVED_RECORD.pack(index, source.digest, source.offset)
+                for index, source in self.derived.items()
+            )
         if with_signatures and self.signatures:
             value[b"signatures"] = dict(self.signatures)
         return value
@@ -512,6 +542,7 @@ class Manifest:
 
 _TOP_KEYS = {
     b"chunk hashes",
+    b"derived chunks",
     b"chunk sizes",
     b"chunker",
     b"directories",
@@ -525,7 +556,7 @@ _TOP_KEYS = {
     b"total size",
     b"version",
 }
-_REQUIRED_KEYS = _TOP_KEYS - {b"directories", b"previous", b"signatures"}
+_REQUIRED_KEYS = _TOP_KEYS - {b"derived chunks", b"directories", b"previous", b"signatures"}
 
 
 def _want(value: object, kind: type, what: str) -> object:
@@ -622,6 +653,7 @@ def _from_value(value: bencoding.Value, limits: ManifestLimits) -> Manifest:
         raise ManifestError(f"more than {limits.max_directories} empty directories")
     directories = [validate_path(_bytes(d, "directory")) for d in directories_value]
     previous = value.get(b"previous")
+    derived = _derived_from(_bytes(value.get(b"derived chunks", b""), "derived chunks"), limits)
     signatures_value = _want(value.get(b"signatures", {}), dict, "signatures")
     assert isinstance(signatures_value, dict)
     signatures = {key: _bytes(sig, "signature") for key, sig in signatures_value.items()}
@@ -636,8 +668,25 @@ def _from_value(value: bencoding.Value, limits: ManifestLimits) -> Manifest:
         piece_size=_int(value[b"piece size"], "piece size"),
         previous=None if previous is None else _bytes(previous, "previous"),
         signatures=signatures,
+        derived=derived,
         limits=limits,
     )
     if _int(value[b"total size"], "total size") != manifest.total_size:
         raise ManifestError("total size does not match the sum of file sizes")
     return manifest
+
+
+def _derived_from(raw: bytes, limits: ManifestLimits) -> dict[int, DerivedSource]:
+    """The ``derived chunks`` table: records in strictly increasing chunk order."""
+    if len(raw) % _DERIVED_RECORD.size:
+        raise ManifestError("derived chunk table length is not a multiple of its record size")
+    if len(raw) // _DERIVED_RECORD.size > limits.max_chunks:
+        raise ManifestError(f"more than {limits.max_chunks} derived chunks")
+    derived: dict[int, DerivedSource] = {}
+    last = -1
+    for index, digest, offset in _DERIVED_RECORD.iter_unpack(raw):
+        if index <= last:
+            raise ManifestError("derived chunks are not in increasing order")
+        derived[index] = DerivedSource(digest, offset)
+        last = index
+    return derived

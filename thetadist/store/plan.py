@@ -161,6 +161,13 @@ def plan_local_reuse(
             for chunk in range(piece.first_chunk, piece.first_chunk + piece.chunk_count):
                 want[_digest(manifest, chunk)].append(chunk)
     want = dict(want)
+    # Derived chunks can also be cut from a chunk of the previous version: source -> chunks.
+    sources_wanted: dict[bytes, list[int]] = defaultdict(list)
+    if want:
+        for chunk, derived in manifest.derived.items():
+            if _digest(manifest, chunk) in want:
+                sources_wanted[derived.digest].append(chunk)
+    sources_wanted = dict(sources_wanted)
     chunk_file = array("l", [-1]) * manifest.chunk_count
     chunk_offset = array("q", [0]) * manifest.chunk_count
     source_files: list[str] = []
@@ -178,10 +185,21 @@ def plan_local_reuse(
         for chunk in want.pop(digest, ()):
             chunk_file[chunk] = file_id
             chunk_offset[chunk] = offset
+        for chunk in sources_wanted.pop(digest, ()):
+            own = _digest(manifest, chunk)
+            if own in want:  # not found by its own digest meanwhile
+                chunk_file[chunk] = file_id
+                chunk_offset[chunk] = offset + manifest.derived[chunk].offset
+                # copied like any found chunk (and re-verified against its own digest then)
+                rest = [c for c in want[own] if c != chunk]
+                if rest:
+                    want[own] = rest
+                else:
+                    del want[own]
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reuse-plan") as pool:
         for root_index, root in enumerate(roots):
-            if not want:
+            if not want and not sources_wanted:
                 break
             items = walked[root_index]
             is_output = out_dir is not None and root == out_dir
@@ -211,7 +229,7 @@ def plan_local_reuse(
                         found(_digest(manifest, chunk), file_id, offset)
             rest = [item for item in items if item.disk_path not in fully_matched and item.size]
             start = 0
-            while start < len(rest) and want:
+            while start < len(rest) and (want or sources_wanted):
                 batch: list[ScanItem] = []
                 batch_bytes = 0
                 while start < len(rest) and (not batch or batch_bytes < SCAN_BATCH_BYTES):
@@ -226,7 +244,7 @@ def plan_local_reuse(
                     digests = spec.digests
                     for position, size in enumerate(spec.sizes):
                         digest = digests[position * DIGEST_SIZE : (position + 1) * DIGEST_SIZE]
-                        if digest in want:
+                        if digest in want or digest in sources_wanted:
                             if file_id < 0:
                                 file_id = register(item.disk_path, root_index)
                             found(digest, file_id, offset)
