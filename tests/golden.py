@@ -5,6 +5,7 @@ from pathlib import Path
 
 import thetadist as td
 from thetadist.manifest import bencoding
+from thetadist.manifest.delta import encode_delta
 from thetadist.sample import write_sample_builds
 
 GOLDEN = Path(__file__).parent.parent / "manifests"
@@ -15,6 +16,9 @@ def golden_manifests() -> dict[str, bytes]:
         v1, v2 = write_sample_builds(work)
         m1 = td.create_manifest(v1, name="sample-game", version="1")
         m2 = td.create_manifest(v2, name="sample-game", version="2", previous=m1)
+        aligned = td.create_manifest(
+            v2, name="sample-game", version="2", previous=m1, previous_dir=v1
+        )
         fixed = td.create_manifest(
             v1, name="sample-game", version="1", chunker=td.ChunkerParams.fixed(64 * 1024)
         )
@@ -22,6 +26,8 @@ def golden_manifests() -> dict[str, bytes]:
         "sample-v1.tdm": m1.encode(),
         "sample-v2.tdm": m2.encode(),
         "sample-v1-fixed64k.tdm": fixed.encode(),
+        "sample-v2-aligned.tdm": aligned.encode(),
+        "sample-v2-aligned-from-v1.tddelta": encode_delta(m1, aligned),
     }
 
 
