@@ -82,18 +82,27 @@ async def run_pair(
                     )
                 )
                 peers.append(("127.0.0.1", free.port))
-            result = await nursery.start(
-                partial(
-                    thetadist.fetch,
-                    manifest,
-                    tmp_path / "out",
-                    peers=peers,
-                    payments=Payments(payer=payer),
-                    on_event=fetcher_events.append,
-                )
-            )
-            while not result.complete:
-                await trio.sleep(0.05)
+            fetched = trio.Event()
+
+            async def fetch_to_the_end(task_status: trio.TaskStatus[thetadist.FetchResult]) -> None:
+                try:
+                    await thetadist.fetch(
+                        manifest,
+                        tmp_path / "out",
+                        peers=peers,
+                        payments=Payments(payer=payer),
+                        on_event=fetcher_events.append,
+                        task_status=task_status,
+                    )
+                finally:
+                    fetched.set()
+
+            result = await nursery.start(fetch_to_the_end)
+            # The fetch returns once its connections have closed, its last vouchers sent; the
+            # seeder counts them when it has read them and its session has ended.
+            await fetched.wait()
+            while origin.sessions or (payee is not None and not payee.queue.idle):
+                await trio.sleep(0.02)
             nursery.cancel_scope.cancel()
     assert thetadist.verify_tree(manifest, tmp_path / "out").intact
     return result, seeder_events, fetcher_events
