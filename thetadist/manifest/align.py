@@ -243,7 +243,8 @@ def _fill_gap(
     if left is not None:
         left_file = old.files[left[0]]
         with _mapped(left_file.disk_path) as data:
-            prefix = _common_prefix(gap, data[left[1] :])
+            # only as far as the old file was chunked (it may have grown since)
+            prefix = _common_prefix(gap, data[left[1] : left_file.size])
         if prefix < MIN_DERIVED_SIZE:
             prefix = 0
         built.old_slices(gap[:prefix], left_file, left[1])
