@@ -365,6 +365,9 @@ def run_swarm(spec: SwarmSpec) -> dict[str, Any]:
             "--tracker",
             tracker_url,
             "--json",
+            # The anchor's libtorrent seeder checks its data before "go" (no seed_mode): ours
+            # hashes it before it listens, so neither verifies its own data inside the clock.
+            "--check",
         ]
         if spec.max_upload_rate:
             seed_args += ["--max-upload-rate", spec.max_upload_rate]

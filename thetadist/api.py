@@ -21,7 +21,7 @@ from pathlib import Path
 import trio
 
 from thetadist.errors import StoreError, TransportError
-from thetadist.events import DownloadComplete, Event, EventCallback, ignore_event
+from thetadist.events import DataChecked, DownloadComplete, Event, EventCallback, ignore_event
 from thetadist.manifest.model import Manifest
 from thetadist.net.payments import Payments
 from thetadist.net.source import DirectorySource, StoreSource
@@ -178,18 +178,24 @@ async def seed(
     on_event: EventCallback = ignore_event,
     peer_id: bytes | None = None,
     payments: Payments | None = None,
+    check: bool = False,
     task_status: trio.TaskStatus[Swarm] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``directory`` (a build described by ``manifest``) until cancelled.
 
-    Pieces are verified as they are read, never up front; a piece whose bytes on disk do not
-    match is withdrawn instead of being uploaded.  ``task_status.started`` receives the
-    :class:`Swarm` (its ``port`` and ``totals``).
+    Pieces are verified as they are first read; with ``check``, all of them are hashed on
+    every core before serving starts (and then only again if a file changes).  A piece whose
+    bytes on disk do not match is withdrawn instead of being uploaded.  ``task_status.started``
+    receives the :class:`Swarm` (its ``port`` and ``totals``).
     """
     config = config or SwarmConfig()
     if listen is not None:
         config.listen = listen
     source = await trio.to_thread.run_sync(DirectorySource, manifest, Path(directory))
+    if check:
+        started = trio.current_time()
+        checked, withdrawn = await trio.to_thread.run_sync(source.check_all)
+        on_event(DataChecked(checked, withdrawn, round(trio.current_time() - started, 3)))
     if source.pieces_available == 0 and manifest.pieces:
         raise StoreError(f"{os.fspath(directory)!r} holds none of the manifest's files")
     swarm = Swarm(

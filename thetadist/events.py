@@ -104,6 +104,16 @@ class FileMissing(Event):
 
 
 @dataclass(frozen=True)
+class DataChecked(Event):
+    """A seeder hashed its whole directory before serving (``seed --check``)."""
+
+    kind: ClassVar[str] = "data_checked"
+    pieces_checked: int
+    pieces_withdrawn: int
+    seconds: float
+
+
+@dataclass(frozen=True)
 class Listening(Event):
     kind: ClassVar[str] = "listening"
     host: str

@@ -25,6 +25,7 @@ from thetadist.cli.paying import (
 )
 from thetadist.cli.runner import run_until_signal
 from thetadist.events import (
+    DataChecked,
     Event,
     Listening,
     PaymentRefused,
@@ -66,6 +67,14 @@ def seed(
             "--super-seed", help="Upload each piece once while others are missing (origin mode)."
         ),
     ] = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Hash every piece on every core before serving (as BitTorrent clients check "
+            "their data on start); without it each piece is hashed the first time it is served.",
+        ),
+    ] = False,
     price: PriceOption = None,
     credit_window: CreditWindowOption = DEFAULT_CREDIT_WINDOW_TEXT,
     free: FreeOption = False,
@@ -100,7 +109,7 @@ def seed(
             config=config_file,
             ledger=ledger,
         )
-        _serve(out, manifest, directory, config, trackers, peer_addresses, payments, started)
+        _serve(out, manifest, directory, config, trackers, peer_addresses, payments, started, check)
 
 
 def _serve(
@@ -112,13 +121,20 @@ def _serve(
     peer_addresses: list[Address],
     payments: Payments | None,
     started: float,
+    check: bool,
 ) -> None:
     tally = PaymentTally()
 
     def on_event(event: Event) -> None:
         out.event(event)
         tally.count(event)
-        if isinstance(event, Listening):
+        if isinstance(event, DataChecked):
+            corrupt = event.pieces_withdrawn
+            out.note(
+                f"checked {event.pieces_checked} pieces in {event.seconds:.1f} s"
+                + (f"; {corrupt} corrupt, not served" if corrupt else "")
+            )
+        elif isinstance(event, Listening):
             out.note(
                 f"seeding {manifest.name} {manifest.version} on {event.host}:{event.port} "
                 f"(info-hash {manifest.info_hash.hex()}); Ctrl-C to stop"
@@ -148,6 +164,7 @@ def _serve(
                         config=config,
                         on_event=on_event,
                         payments=payments,
+                        check=check,
                         task_status=task_status,
                     )
                 )

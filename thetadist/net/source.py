@@ -5,25 +5,33 @@ it is read, in a worker thread, and again whenever its file changed since (inode
 mtime); a piece that fails is withdrawn (REJECTed from then on) instead of being sent.  A
 piece already verified and unchanged is read on the event loop when the page cache holds it
 (:mod:`thetadist.store.cached_read`), else in a worker thread.
-Nothing is hashed up front, so seeding a 60 GB build starts at once, and a piece served to
-many peers is hashed once.  A fetcher serves from its own store, whose pieces were verified
-before they were written.
+By default nothing is hashed up front, so seeding a 60 GB build starts at once, and a piece
+served to many peers is hashed once; :meth:`DirectorySource.check_all` (``seed --check``)
+instead hashes everything on every core before serving, as BitTorrent clients check their
+data on start, so that serving never hashes.  A fetcher serves from its own store, whose
+pieces were verified before they were written.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
 import trio
 
 from thetadist.errors import IntegrityError, StoreError
-from thetadist.manifest.model import Manifest
+from thetadist.manifest.model import Manifest, Piece
 from thetadist.store import PieceStore
 from thetadist.store.cached_read import pread_cached
 from thetadist.wire import Bitfield
+
+#: Bytes of one file one up-front check task reads (tasks of a big file run in parallel).
+CHECK_TASK_BYTES = 64 * 1024 * 1024
 
 
 class PieceSource(Protocol):
@@ -89,6 +97,64 @@ class DirectorySource:
 
     def withdraw(self, index: int) -> None:
         self._present[index] = 0
+
+    def check_all(self, *, workers: int | None = None) -> tuple[int, int]:
+        """Hash every available piece now, on ``workers`` threads (default: every core), and
+        withdraw those that fail; returns (pieces checked, pieces withdrawn).  Call it before
+        serving: afterwards a piece is hashed again only if its file changes."""
+        by_file: dict[int, list[Piece]] = defaultdict(list)
+        for piece in self.manifest.pieces:
+            if self._present[piece.index]:
+                by_file[piece.file_index].append(piece)
+        tasks: list[list[Piece]] = []
+        for pieces in by_file.values():
+            task: list[Piece] = []
+            task_bytes = 0
+            for piece in pieces:
+                if task and task_bytes + piece.size > CHECK_TASK_BYTES:
+                    tasks.append(task)
+                    task, task_bytes = [], 0
+                task.append(piece)
+                task_bytes += piece.size
+            tasks.append(task)
+        checked = withdrawn = 0
+        with ThreadPoolExecutor(workers or os.cpu_count() or 1, "seed-check") as pool:
+            for outcome in pool.map(self._check_pieces, tasks):
+                for index, identity in outcome:
+                    checked += 1
+                    if identity is None:
+                        self.withdraw(index)
+                        withdrawn += 1
+                    else:
+                        self._verified_as[index] = identity
+        return checked, withdrawn
+
+    def _check_pieces(
+        self, pieces: Sequence[Piece]
+    ) -> list[tuple[int, tuple[int, int, int] | None]]:
+        """Each piece with its file's identity if it checks out, None if not; a file that
+        changes meanwhile is left to be checked as it is served."""
+        path = self.root / self.manifest.files[pieces[0].file_index].path
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return [(piece.index, None) for piece in pieces]
+        try:
+            before = os.fstat(fd)
+            identity = (before.st_ino, before.st_size, before.st_mtime_ns)
+            outcome: list[tuple[int, tuple[int, int, int] | None]] = []
+            for piece in pieces:
+                try:
+                    self.manifest.check_piece(piece, os.pread(fd, piece.size, piece.offset))
+                    outcome.append((piece.index, identity))
+                except (IntegrityError, OSError):
+                    outcome.append((piece.index, None))
+            after = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if (after.st_ino, after.st_size, after.st_mtime_ns) != identity:
+            return []
+        return outcome
 
     async def read_piece(self, index: int) -> bytes | bytearray:
         cached = self._read_cached(index)
