@@ -8,6 +8,8 @@ from typing import TypeVar
 
 import trio
 
+from thetadist.net.switching import short_switch_interval
+
 T = TypeVar("T")
 
 
@@ -29,7 +31,8 @@ def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
 def run_until_signal(call: Callable[[], Awaitable[T]]) -> tuple[T | None, bool]:
     """Run ``call()`` under Trio; return ``(result, interrupted)``.
 
-    SIGINT and SIGTERM cancel the call (its ``finally`` blocks run: staging flushed, tracker
+    Runs with a short thread switch interval (:mod:`thetadist.net.switching`).  SIGINT and
+    SIGTERM cancel the call (its ``finally`` blocks run: staging flushed, tracker
     told we stopped) and give ``(None, True)``.  Errors raised by the call come out as
     themselves, not wrapped in exception groups.
     """
@@ -50,7 +53,8 @@ def run_until_signal(call: Callable[[], Awaitable[T]]) -> tuple[T | None, bool]:
             nursery.cancel_scope.cancel()
 
     try:
-        trio.run(main)
+        with short_switch_interval():
+            trio.run(main)
     except BaseExceptionGroup as group:
         raise _unwrap(group) from None
     return outcome.get("result"), bool(outcome.get("interrupted"))  # type: ignore[return-value]
