@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 
 import pytest
@@ -387,3 +388,44 @@ def test_a_frame_larger_than_the_read_size_grows_the_area_until_it_is_consumed()
     assert len(buffer._data) > 30_000
     assert decode_all(buffer) == [Bitfield(bytes(30_000)), Have(1)]
     assert len(buffer._data) == 5000
+
+
+def test_a_payload_pool_reuses_buffers_but_never_one_still_viewed() -> None:
+    from thetadist.wire import PayloadPool
+
+    pool = PayloadPool(limit=2)
+    first = pool.take(1000)
+    assert len(first) == 1000
+    pool.give_back(first)
+    again = pool.take(900)
+    assert again is first and len(again) == 900  # reused, resized to exactly what is asked
+    pool.give_back(again)
+    assert pool.take(1200) is first and len(first) == 1200
+    view = memoryview(first)
+    pool.give_back(first)
+    fresh = pool.take(1200)  # the same size, but a view is alive: not handed out again
+    assert fresh is not first and len(fresh) == 1200
+    view.release()
+    for _ in range(5):
+        pool.give_back(bytearray(10))
+    assert len(pool._idle) == 2  # bounded
+
+
+def test_pooled_payloads_arrive_intact_when_buffers_are_reused() -> None:
+    from thetadist.wire import PayloadPool
+
+    pool = PayloadPool()
+    buffer = ReceiveBuffer(pool)
+    payloads = [os.urandom(70_000 + 1000 * n) for n in range(4)]
+    taken = []
+    for number, payload in enumerate(payloads):
+        frame = encode_message(Piece(number, 0, 1, payload))
+        buffer.feed(frame[:100])
+        assert buffer.peek_frame(1 << 20) is None
+        buffer.begin_payload()
+        buffer.feed(frame[100:])
+        data = buffer.take_payload()
+        assert data is not None and bytes(data) == payload
+        taken.append(id(data))
+        pool.give_back(data)
+    assert len(set(taken)) == 1  # one buffer served all four

@@ -305,6 +305,7 @@ def _run_swarm(
                 )
             while not all(result.complete for result in results):
                 await trio.sleep(0.1)
+
             # The last vouchers may still be queued or on the wire (a voucher a payer has
             # recorded but not yet sent would count as paid and never reach its payee), and a
             # late endgame duplicate is paid for too: stop once all is settled for a while.

@@ -70,6 +70,7 @@ from thetadist.wire import (
     Have,
     KeepAlive,
     Message,
+    PayloadPool,
     PeerConnection,
     Piece,
     Reject,
@@ -152,6 +153,7 @@ class PeerSession:
             swarm.handshake,
             piece_count=len(swarm.manifest.pieces),
             piece_chunk_sizes=swarm.piece_chunk_sizes,
+            payload_pool=swarm.payload_pool,
         )
         self.peer_id = b""
         self.listen_address: Address | None = None
@@ -341,6 +343,9 @@ class PeerSession:
             self.end(str(exc))
         finally:
             self._storing.release()
+        if isinstance(piece.data, bytearray):
+            # stored (or refused) and referenced nowhere else: refill it for a later piece
+            self.swarm.payload_pool.give_back(piece.data)
 
     # ------------------------------------------------------------------ outgoing
 
@@ -475,6 +480,8 @@ class Swarm:
         self.bytes_done = bytes_present
         self.port = 0
         self.sessions: dict[bytes, PeerSession] = {}
+        #: PIECE payload buffers of every connection, reused once stored.
+        self.payload_pool = PayloadPool()
         self._all_sessions: set[PeerSession] = set()
         self._dialing: set[Address] = set()
         self._own_addresses: set[Address] = set()

@@ -22,6 +22,7 @@ from thetadist.wire.framing import (
     FRAME_HEADER_SIZE,
     MAX_HANDSHAKE_FRAME,
     MessageType,
+    PayloadPool,
     ReceiveBuffer,
     decode_message,
     encode_message,
@@ -118,7 +119,8 @@ class PeerConnection:
     cannot disagree.  ``piece_chunk_sizes(piece)`` gives the chunk sizes of a piece, used to
     check request ranges and PIECE lengths; a sequence of sequences works as well.
     A PIECE payload of ``direct_payload_min`` bytes or more that has not all arrived with its
-    header is received into a buffer of its own, once the header passed every check.
+    header is received into a buffer of its own, once the header passed every check, taken
+    from ``payload_pool`` when one is given.
     """
 
     def __init__(
@@ -128,6 +130,7 @@ class PeerConnection:
         piece_count: int,
         piece_chunk_sizes: PieceChunkSizes,
         direct_payload_min: int = DIRECT_PAYLOAD_MIN,
+        payload_pool: PayloadPool | None = None,
     ) -> None:
         if piece_count < 0:
             raise LocalProtocolError(f"negative piece count {piece_count}")
@@ -151,7 +154,7 @@ class PeerConnection:
         self._handshake_frame = encode_message(our_handshake)
         self._our_state = State.HANDSHAKE
         self._their_state = State.HANDSHAKE
-        self._buffer = ReceiveBuffer()
+        self._buffer = ReceiveBuffer(payload_pool)
         self._direct_payload_min = max(1, direct_payload_min)
         #: The run of the PIECE whose payload is being received into its own buffer.
         self._incoming_piece: ChunkRun | None = None
@@ -470,9 +473,7 @@ class PeerConnection:
     # ------------------------------------------------------------------ shared checks
 
     @staticmethod
-    def _transition(
-        state: State, event_type: type[Event], error: type[ProtocolError]
-    ) -> State:
+    def _transition(state: State, event_type: type[Event], error: type[ProtocolError]) -> State:
         try:
             return _TRANSITIONS[state, event_type]
         except KeyError:
@@ -497,4 +498,3 @@ class PeerConnection:
         if run.first_chunk < 0 or run.chunk_count < 1 or end > len(sizes):
             raise error(f"chunks {tuple(run)} out of range ({len(sizes)} chunks in the piece)")
         return sum(sizes[run.first_chunk : end])
-
