@@ -33,3 +33,17 @@ def test_the_old_interval_comes_back_after_an_error() -> None:
     with pytest.raises(ValueError, match="boom"):
         run_until_signal(call)
     assert sys.getswitchinterval() == before
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("0.002", 0.002), ("nonsense", SWITCH_INTERVAL), ("50", SWITCH_INTERVAL)],
+)
+def test_the_environment_may_set_the_interval_within_bounds(
+    monkeypatch: pytest.MonkeyPatch, value: str, expected: float
+) -> None:
+    from thetadist.net.switching import short_switch_interval
+
+    monkeypatch.setenv("THETADIST_SWITCH_INTERVAL", value)
+    with short_switch_interval():
+        assert sys.getswitchinterval() == pytest.approx(expected)

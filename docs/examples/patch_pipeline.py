@@ -23,6 +23,7 @@ from pathlib import Path
 import trio
 
 import thetadist
+from thetadist.net.switching import short_switch_interval
 from thetadist.sample import write_sample_builds
 from thetadist.tracker.server import serve_tracker
 
@@ -31,8 +32,9 @@ async def pipeline(work: Path) -> dict[str, object]:
     v1_dir, v2_dir = write_sample_builds(work)
     key = thetadist.generate_key()
     v1 = thetadist.create_manifest(v1_dir, name="sample-game", version="1", sign_key=key)
+    # Cut against the old tree: a holder of version 1 then fetches little but the new bytes.
     v2 = thetadist.create_manifest(
-        v2_dir, name="sample-game", version="2", previous=v1, sign_key=key
+        v2_dir, name="sample-game", version="2", previous=v1, previous_dir=v1_dir, sign_key=key
     )
     v2.save(work / "v2.tdm")
     # What a player's client does: load the manifest, trusting only the publisher's key.
@@ -72,7 +74,8 @@ def main() -> None:
     work = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp())
     work.mkdir(parents=True, exist_ok=True)
     try:
-        print(json.dumps(trio.run(pipeline, work)))
+        with short_switch_interval():  # as the CLI does: hashing threads get the GIL sooner
+            print(json.dumps(trio.run(pipeline, work)))
     finally:
         if len(sys.argv) <= 1:
             shutil.rmtree(work, ignore_errors=True)

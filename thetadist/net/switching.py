@@ -11,6 +11,7 @@ swarm command and library users may do the same with :func:`short_switch_interva
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,11 +20,22 @@ SWITCH_INTERVAL = 1e-4
 
 
 @contextmanager
-def short_switch_interval(seconds: float = SWITCH_INTERVAL) -> Iterator[None]:
-    """Set the interpreter's thread switch interval to ``seconds`` for the block."""
+def short_switch_interval(seconds: float | None = None) -> Iterator[None]:
+    """Set the interpreter's thread switch interval to ``seconds`` for the block (default:
+    ``$THETADIST_SWITCH_INTERVAL`` if set, else :data:`SWITCH_INTERVAL`)."""
+    if seconds is None:
+        seconds = _from_environment()
     previous = sys.getswitchinterval()
     sys.setswitchinterval(seconds)
     try:
         yield
     finally:
         sys.setswitchinterval(previous)
+
+
+def _from_environment() -> float:
+    try:
+        seconds = float(os.environ.get("THETADIST_SWITCH_INTERVAL", ""))
+    except ValueError:
+        return SWITCH_INTERVAL
+    return seconds if 1e-6 <= seconds <= 1.0 else SWITCH_INTERVAL
