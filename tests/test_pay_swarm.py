@@ -137,6 +137,38 @@ async def test_every_byte_from_a_paid_seeder_is_paid_for_exactly(tmp_path: Path)
         assert not [e for e in seeder_events if isinstance(e, PaymentRefused)]
 
 
+async def test_a_slow_chain_never_holds_up_uploads_the_credit_window_covers(
+    tmp_path: Path,
+) -> None:
+    """The payer's pool is read in the background: here the read blocks until the fetch is
+    over, and the fetch (well inside the credit window) must still complete."""
+    import threading
+
+    release = threading.Event()
+    reads: list[bytes] = []
+    pools: dict[bytes, Pool] = {}
+
+    def slow_read(payer: bytes) -> Pool:
+        reads.append(payer)
+        release.wait(60)
+        return pools[payer]
+
+    with (
+        VoucherLedger(tmp_path / "seeder.sqlite") as seeder_ledger,
+        VoucherLedger(tmp_path / "fetcher.sqlite") as fetcher_ledger,
+    ):
+        payer = payer_for(fetcher_ledger, deposit=10**18)
+        pools[payer.signer.address] = Pool(deposit=10**18)
+        payee = payee_for(seeder_ledger, pools, credit_window=1 << 30)
+        payee.read_pool = slow_read
+        try:
+            result, _, _ = await run_pair(tmp_path, payee, payer)
+        finally:
+            release.set()
+        assert result.complete and result.bytes_from_peers_total > 0
+        assert reads == [payer.signer.address]  # asked once, still unanswered throughout
+
+
 async def test_a_fetcher_never_promises_past_its_deposit(tmp_path: Path) -> None:
     pools: dict[bytes, Pool] = {}
     with (

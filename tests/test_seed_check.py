@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from functools import partial
 from pathlib import Path
 
@@ -111,3 +112,34 @@ async def test_a_checked_seed_reports_the_check_and_never_serves_a_corrupt_piece
     assert checks[0].pieces_checked == len(manifest.pieces)
     assert not result.complete and not result.peers_banned  # piece 3 was never offered
     assert result.bytes_from_peers_total == manifest.total_size - manifest.pieces[3].size
+
+
+async def test_cancelling_a_long_check_returns_at_once_and_stops_its_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    manifest, root = build(tmp_path)
+    gate = threading.Event()
+    hashed: list[int] = []
+    check_piece = Manifest.check_piece
+
+    def gated(self: Manifest, piece, data) -> None:  # type: ignore[no-untyped-def]
+        gate.wait(30)
+        hashed.append(piece.index)
+        check_piece(self, piece, data)
+
+    monkeypatch.setattr(Manifest, "check_piece", gated)
+    # (the gate holds the threads for 30 s: waiting for them would trip fail_after)
+    with trio.fail_after(10), trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                partial(thetadist.seed, manifest, root, listen=("127.0.0.1", 0), check=True)
+            )
+            await trio.sleep(0.2)  # the check threads are now waiting inside check_piece
+            scope.cancel()
+    assert scope.cancelled_caught and not gate.is_set()  # did not wait for the threads
+    gate.set()
+    await trio.to_thread.run_sync(lambda: time.sleep(0.5))  # they finish their piece ...
+    assert len(hashed) <= os.cpu_count()  # ... and stop: no further piece is hashed
+    assert len(hashed) < len(manifest.pieces)

@@ -8,16 +8,22 @@ from collections import deque
 import trio
 import trio.testing
 
+from thetadist.errors import LocalProtocolError
 from thetadist.net.swarm import HAVE_DELAY, PeerSession
-from thetadist.wire import Have, KeepAlive, Message
+from thetadist.wire import Goodbye, GoodbyeReason, Have, KeepAlive, Message, State
 
 
 class RecordingConnection:
     def __init__(self) -> None:
         self.sent: list[Message] = []
+        self.our_state = State.ESTABLISHED
 
     def send(self, message: Message) -> bytes:
+        if self.our_state is State.CLOSED:
+            raise LocalProtocolError(f"{type(message).__name__} after GOODBYE")
         self.sent.append(message)
+        if isinstance(message, Goodbye):
+            self.our_state = State.CLOSED
         return repr(message).encode()
 
 
@@ -58,3 +64,19 @@ def test_a_message_takes_the_waiting_haves_along_after_itself() -> None:
     session.send(KeepAlive())
     assert conn.sent == [KeepAlive(), Have(1), Have(2)]
     assert session._haves == []
+
+
+async def test_nothing_follows_a_goodbye_not_even_waiting_haves(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    session, conn = bare_session()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(session._have_sender)
+        session.announce(5)
+        goodbye = Goodbye(GoodbyeReason.PAYMENT_REQUIRED, "no")
+        session.send(goodbye)  # the waiting HAVE must not follow it
+        session.send(KeepAlive())  # nor anything else another task still wants to say
+        session.announce(6)
+        await trio.sleep(HAVE_DELAY * 2)
+        nursery.cancel_scope.cancel()
+    assert conn.sent == [goodbye]

@@ -14,8 +14,10 @@ trio.run(main)
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -194,10 +196,18 @@ async def seed(
     source = await trio.to_thread.run_sync(DirectorySource, manifest, Path(directory))
     if check:
         started = trio.current_time()
-        checked, withdrawn = await trio.to_thread.run_sync(source.check_all)
+        stop = threading.Event()
+        try:
+            checked, withdrawn = await trio.to_thread.run_sync(
+                partial(source.check_all, stop=stop), abandon_on_cancel=True
+            )
+        except trio.Cancelled:
+            stop.set()  # Ctrl-C during a long check: its threads end after their piece
+            raise
         on_event(DataChecked(checked, withdrawn, round(trio.current_time() - started, 3)))
     if source.pieces_available == 0 and manifest.pieces:
-        raise StoreError(f"{os.fspath(directory)!r} holds none of the manifest's files")
+        held = "no piece of the manifest that checks out" if check else "none of its files"
+        raise StoreError(f"{os.fspath(directory)!r} holds {held}")
     swarm = Swarm(
         manifest, source, config=config, on_event=on_event, peer_id=peer_id, payments=payments
     )

@@ -653,7 +653,9 @@ def _from_value(value: bencoding.Value, limits: ManifestLimits) -> Manifest:
         raise ManifestError(f"more than {limits.max_directories} empty directories")
     directories = [validate_path(_bytes(d, "directory")) for d in directories_value]
     previous = value.get(b"previous")
-    derived = _derived_from(_bytes(value.get(b"derived chunks", b""), "derived chunks"), limits)
+    derived = _derived_from(
+        _bytes(value.get(b"derived chunks", b""), "derived chunks"), len(raw_sizes) // 4
+    )
     signatures_value = _want(value.get(b"signatures", {}), dict, "signatures")
     assert isinstance(signatures_value, dict)
     signatures = {key: _bytes(sig, "signature") for key, sig in signatures_value.items()}
@@ -676,17 +678,21 @@ def _from_value(value: bencoding.Value, limits: ManifestLimits) -> Manifest:
     return manifest
 
 
-def _derived_from(raw: bytes, limits: ManifestLimits) -> dict[int, DerivedSource]:
-    """The ``derived chunks`` table: records in strictly increasing chunk order."""
+def _derived_from(raw: bytes, chunk_count: int) -> dict[int, DerivedSource]:
+    """The ``derived chunks`` table: records in strictly increasing chunk order, each for a
+    chunk of the table.  Checked record by record, before anything is built for the next,
+    so a hostile table costs no more than the chunk table it claims to annotate."""
     if len(raw) % _DERIVED_RECORD.size:
         raise ManifestError("derived chunk table length is not a multiple of its record size")
-    if len(raw) // _DERIVED_RECORD.size > limits.max_chunks:
-        raise ManifestError(f"more than {limits.max_chunks} derived chunks")
+    if len(raw) // _DERIVED_RECORD.size > chunk_count:
+        raise ManifestError("more derived chunks than chunks")
     derived: dict[int, DerivedSource] = {}
     last = -1
     for index, digest, offset in _DERIVED_RECORD.iter_unpack(raw):
         if index <= last:
             raise ManifestError("derived chunks are not in increasing order")
+        if index >= chunk_count:
+            raise ManifestError(f"derived chunk {index} is not in the chunk table")
         derived[index] = DerivedSource(digest, offset)
         last = index
     return derived

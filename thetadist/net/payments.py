@@ -117,7 +117,9 @@ class Payee:
             return self._pools.get(payer)
         self._reading[payer] = reading = trio.Event()
         try:
-            state = await trio.to_thread.run_sync(self.read_pool, payer)
+            # abandoned if the asking session ends: a read nobody waits for must not hold up
+            # its teardown (the chain's answer would be dropped anyway)
+            state = await trio.to_thread.run_sync(self.read_pool, payer, abandon_on_cancel=True)
             self._pools.pop(payer, None)  # re-inserted below: the dict stays in read order
             if len(self._pools) >= MAX_CACHED_POOLS:  # strangers' keys cost nothing to make
                 del self._pools[next(iter(self._pools))]  # the oldest read
@@ -302,6 +304,7 @@ class PayeeLink:
             voucher_timeout=payee.voucher_timeout,
         )
         self._changed = trio.Event()
+        self._pool_reading = False
 
     @property
     def peer_pays(self) -> bool:
@@ -315,9 +318,11 @@ class PayeeLink:
         accounts = self.accounts
         while True:
             now = trio.current_time()
-            if accounts.needs_pool(now):
-                await self._read_pool()
-                now = trio.current_time()
+            if accounts.needs_pool(now) and not self._pool_reading:
+                # In the background: uploads the credit window (or a pool read not too long
+                # ago) covers go on meanwhile; decide() waits only when it needs the pool.
+                self._pool_reading = True
+                self.session.spawn(self._refresh_pool)
             decision = accounts.decide(nbytes, now)
             if decision.action is Action.SERVE:
                 return
@@ -328,16 +333,20 @@ class PayeeLink:
             with trio.move_on_after(RECHECK):
                 await self._changed.wait()
 
-    async def _read_pool(self) -> None:
-        payer = self.accounts.payer
-        if payer is None:
-            return
-        found = await self.payee.pool(payer)
-        if found is None:
-            await trio.sleep(POOL_RETRY)
-            return
-        state, read_at = found
-        self.accounts.set_pool(state, read_at)
+    async def _refresh_pool(self) -> None:
+        try:
+            payer = self.accounts.payer
+            if payer is None:
+                return
+            found = await self.payee.pool(payer)
+            if found is None:
+                await trio.sleep(POOL_RETRY)  # unreadable: ask again, not at once
+                return
+            state, read_at = found
+            self.accounts.set_pool(state, read_at)
+        finally:
+            self._pool_reading = False
+            self._changed.set()
 
     def on_voucher(self, payload: bytes) -> None:
         """Check a voucher and queue it to be verified, persisted, then counted; raises

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -98,10 +99,15 @@ class DirectorySource:
     def withdraw(self, index: int) -> None:
         self._present[index] = 0
 
-    def check_all(self, *, workers: int | None = None) -> tuple[int, int]:
+    def check_all(
+        self, *, workers: int | None = None, stop: threading.Event | None = None
+    ) -> tuple[int, int]:
         """Hash every available piece now, on ``workers`` threads (default: every core), and
         withdraw those that fail; returns (pieces checked, pieces withdrawn).  Call it before
-        serving: afterwards a piece is hashed again only if its file changes."""
+        serving: afterwards a piece is hashed again only if its file changes.  Setting
+        ``stop`` ends the check after the pieces being hashed (the rest stay unchecked and
+        are hashed as they are served)."""
+        stop = stop or threading.Event()
         by_file: dict[int, list[Piece]] = defaultdict(list)
         for piece in self.manifest.pieces:
             if self._present[piece.index]:
@@ -119,7 +125,7 @@ class DirectorySource:
             tasks.append(task)
         checked = withdrawn = 0
         with ThreadPoolExecutor(workers or os.cpu_count() or 1, "seed-check") as pool:
-            for outcome in pool.map(self._check_pieces, tasks):
+            for outcome in pool.map(lambda task: self._check_pieces(task, stop), tasks):
                 for index, identity in outcome:
                     checked += 1
                     if identity is None:
@@ -130,7 +136,7 @@ class DirectorySource:
         return checked, withdrawn
 
     def _check_pieces(
-        self, pieces: Sequence[Piece]
+        self, pieces: Sequence[Piece], stop: threading.Event
     ) -> list[tuple[int, tuple[int, int, int] | None]]:
         """Each piece with its file's identity if it checks out, None if not; a file that
         changes meanwhile is left to be checked as it is served."""
@@ -144,6 +150,8 @@ class DirectorySource:
             identity = (before.st_ino, before.st_size, before.st_mtime_ns)
             outcome: list[tuple[int, tuple[int, int, int] | None]] = []
             for piece in pieces:
+                if stop.is_set():
+                    break
                 try:
                     self.manifest.check_piece(piece, os.pread(fd, piece.size, piece.offset))
                     outcome.append((piece.index, identity))

@@ -76,6 +76,7 @@ from thetadist.wire import (
     Reject,
     RejectReason,
     Request,
+    State,
     Voucher,
     piece_frame_size,
 )
@@ -232,6 +233,17 @@ class PeerSession:
             while self._outbox:
                 await self.stream.send_all(self._outbox.popleft())
 
+    def spawn(self, task: Callable[[], Awaitable[None]]) -> None:
+        """Run ``task`` beside the connection's own tasks; an error in it ends the session."""
+        if self._nursery is not None:
+            self._nursery.start_soon(self._errors_end_session, task)
+
+    async def _errors_end_session(self, task: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await task()
+        except Exception as exc:
+            self.end(_describe(exc))
+
     async def _guarded(self, task: Callable[[], Awaitable[None]]) -> None:
         try:
             await task()
@@ -358,11 +370,17 @@ class PeerSession:
 
     def send(self, message: Message) -> None:
         """Encode ``message`` now (so the connection's state moves at once) and queue it,
-        with any HAVE waiting to go."""
+        with any HAVE waiting to go.  Once we said GOODBYE nothing more goes out (another
+        task may still ask, e.g. to CANCEL a duplicate request): the session is ending."""
+        if self._said_goodbye():
+            return
         self._outbox.append(self.conn.send(message))
-        if self._haves:
+        if self._haves and not self._said_goodbye():
             self._send_haves()
         self._outbox_ready.set()
+
+    def _said_goodbye(self) -> bool:
+        return self.conn.our_state is State.CLOSED
 
     def announce(self, piece: int) -> None:
         """Tell the peer we have ``piece``, within HAVE_DELAY: HAVEs for pieces stored close
@@ -381,9 +399,11 @@ class PeerSession:
                 self._haves_ready = trio.Event()
                 await self._haves_ready.wait()
             await trio.sleep(HAVE_DELAY)
-            if self._haves:  # a message sent meanwhile may have taken them along
+            # a message sent meanwhile may have taken them along, or said GOODBYE
+            if self._haves and not self._said_goodbye():
                 self._send_haves()
                 self._outbox_ready.set()
+            self._haves.clear()
 
     def queue_upload(self, run: ChunkRun) -> None:
         self._uploads.append(run)

@@ -199,7 +199,7 @@ def plan_local_reuse(
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reuse-plan") as pool:
         for root_index, root in enumerate(roots):
-            if not want and not sources_wanted:
+            if not want:  # a source matters only while its derived chunk is still wanted
                 break
             items = walked[root_index]
             is_output = out_dir is not None and root == out_dir
@@ -229,7 +229,7 @@ def plan_local_reuse(
                         found(_digest(manifest, chunk), file_id, offset)
             rest = [item for item in items if item.disk_path not in fully_matched and item.size]
             start = 0
-            while start < len(rest) and (want or sources_wanted):
+            while start < len(rest) and want:
                 batch: list[ScanItem] = []
                 batch_bytes = 0
                 while start < len(rest) and (not batch or batch_bytes < SCAN_BATCH_BYTES):
