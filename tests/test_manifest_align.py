@@ -167,3 +167,24 @@ def test_an_empty_derived_table_is_not_canonical(tmp_path: Path) -> None:
     make_tree(tmp_path / "t", {"a.bin": b"x" * 1000})
     with pytest.raises(ManifestError, match="canonical"):
         Manifest.decode(_with_derived_table(create(tmp_path / "t"), b""))
+
+
+def test_no_derived_chunk_is_smaller_than_it_is_worth(tmp_path: Path) -> None:
+    """Edits 40 bytes before or after old chunk boundaries leave 40-byte slices of old chunks;
+    each would cost a table entry and a record (76 bytes) to save 40: they are fetched."""
+    import itertools
+
+    rng = random.Random(3)
+    old_bytes = rng.randbytes(2 << 20)
+    v1 = make_tree(tmp_path / "v1", {"f.bin": old_bytes})
+    old = create(v1)
+    bounds = list(itertools.accumulate(old.chunk_sizes))
+    new_bytes = old_bytes
+    for k in range(len(bounds) - 30, 5, -4):
+        cut = bounds[k] - 40 if k % 8 else bounds[k] + 40
+        new_bytes = new_bytes[:cut] + rng.randbytes(500) + new_bytes[cut:]
+    v2 = make_tree(tmp_path / "v2", {"f.bin": new_bytes})
+    aligned = create(v2, previous=old, previous_dir=v1)
+    assert aligned.derived
+    assert min(aligned.chunk_sizes[i] for i in aligned.derived) >= MIN_DERIVED_SIZE
+    assert diff(old, aligned).data_bytes_to_fetch < diff(old, create(v2)).data_bytes_to_fetch

@@ -161,7 +161,9 @@ class _Builder:
             length = min(chunk_end - chunk_start - offset, len(data) - position)
             piece = data[position : position + length]
             if length == chunk_end - chunk_start:
-                self.chunk(piece, old.digest(chunk))  # a whole old chunk: reused by digest
+                # a whole old chunk, reused by digest; hashed anyway, as the publisher must
+                # never list a digest its own tree does not match (the old tree may change)
+                self.chunk(piece)
             else:
                 self.derived.append((len(self.sizes), DerivedSource(old.digest(chunk), offset)))
                 self.chunk(piece)
@@ -245,6 +247,7 @@ def _fill_gap(
         with _mapped(left_file.disk_path) as data:
             # only as far as the old file was chunked (it may have grown since)
             prefix = _common_prefix(gap, data[left[1] : left_file.size])
+        prefix -= _short_partial(left_file, left[1] + prefix, at_end=True)
         if prefix < MIN_DERIVED_SIZE:
             prefix = 0
         built.old_slices(gap[:prefix], left_file, left[1])
@@ -252,7 +255,9 @@ def _fill_gap(
     if right is not None:
         right_file = old.files[right[0]]
         with _mapped(right_file.disk_path) as data:
-            suffix = _common_suffix(rest, data[: right[1]])
+            # only as far as the old file was chunked (it may have shrunk since)
+            suffix = _common_suffix(rest, data[: right[1]]) if len(data) >= right[1] else 0
+        suffix -= _short_partial(right_file, right[1] - suffix, at_end=False)
         if suffix < MIN_DERIVED_SIZE:
             suffix = 0
     fresh = rest[: len(rest) - suffix]
@@ -263,6 +268,17 @@ def _fill_gap(
     if suffix:
         assert right is not None
         built.old_slices(rest[len(rest) - suffix :], old.files[right[0]], right[1] - suffix)
+
+
+def _short_partial(old: _OldFile, position: int, *, at_end: bool) -> int:
+    """The length of the partial old chunk a run of old content ends (``at_end``) or starts
+    at ``position``, if it is shorter than MIN_DERIVED_SIZE (it is then left to the new
+    bytes around it: a derived chunk that small costs more manifest than it saves); else 0."""
+    chunk = bisect_right(old.bounds, position) - 1
+    if chunk >= len(old.bounds) - 1 or old.bounds[chunk] == position:
+        return 0  # on a chunk boundary (or the end of the file): no partial chunk
+    partial = position - old.bounds[chunk] if at_end else old.bounds[chunk + 1] - position
+    return partial if partial < MIN_DERIVED_SIZE else 0
 
 
 def align_files(
