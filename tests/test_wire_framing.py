@@ -408,7 +408,11 @@ def test_a_payload_pool_reuses_buffers_but_never_one_still_viewed() -> None:
     view.release()
     for _ in range(5):
         pool.give_back(bytearray(10))
-    assert len(pool._idle) == 2  # bounded
+    assert len(pool._idle) == 2  # bounded in count
+    big = PayloadPool(limit=8, limit_bytes=3000)
+    for _ in range(5):
+        big.give_back(bytearray(1000))
+    assert len(big._idle) == 3  # and in bytes
 
 
 def test_pooled_payloads_arrive_intact_when_buffers_are_reused() -> None:

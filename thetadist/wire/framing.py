@@ -374,17 +374,21 @@ class PayloadPool:
     allocator maps and unmaps each one (page faults every time): 0.20 s a GiB measured,
     against 0.06 s to refill a reused one.  A buffer is reused only if resizing it succeeds,
     which Python refuses while any view of it is alive; whoever gives a buffer back must hold
-    no other reference to it.  At most ``limit`` idle buffers are kept.
+    no other reference to it.  At most ``limit`` idle buffers and ``limit_bytes`` idle bytes
+    are kept (a manifest may set pieces of up to 64 MiB).
     """
 
-    def __init__(self, limit: int = 8) -> None:
+    def __init__(self, limit: int = 8, limit_bytes: int = 16 * 1024 * 1024) -> None:
         self.limit = limit
+        self.limit_bytes = limit_bytes
         self._idle: list[bytearray] = []
+        self._idle_bytes = 0
 
     def take(self, size: int) -> bytearray:
         """A buffer of exactly ``size`` bytes (contents undefined)."""
         while self._idle:
             buffer = self._idle.pop()
+            self._idle_bytes -= len(buffer)
             try:
                 if len(buffer) > size:
                     del buffer[size:]  # keeps the allocation unless it shrinks by half
@@ -399,8 +403,9 @@ class PayloadPool:
         return bytearray(size)
 
     def give_back(self, buffer: bytearray) -> None:
-        if len(self._idle) < self.limit:
+        if len(self._idle) < self.limit and self._idle_bytes + len(buffer) <= self.limit_bytes:
             self._idle.append(buffer)
+            self._idle_bytes += len(buffer)
 
 
 class ReceiveBuffer:
