@@ -523,3 +523,14 @@ def test_cli_apply_errors_are_one_line(capsys, builds, tmp_path: Path) -> None:
         capsys, "manifest", "apply", str(new_file), str(delta_file), "-o", str(out_file)
     )
     assert code == 3 and len(err.strip().splitlines()) == 1 and not out_file.exists()
+
+
+def test_a_few_ops_cannot_make_a_manifest_past_the_size_limit(builds) -> None:
+    """Copying the base's table over and over costs 12 bytes an op: the table is refused by
+    its size before it is built, not after."""
+    old, _ = builds
+    delta = encode_delta(old, old)
+    repeated = _with(delta, ops=_pack_ops([(0, old.chunk_count, 0)] * 50))
+    limits = ManifestLimits(max_bytes=20 * old.chunk_count * 36)
+    with pytest.raises(ManifestError, match="delta describes a manifest larger than"):
+        apply_delta(old, repeated, limits=limits)

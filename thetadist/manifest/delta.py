@@ -282,6 +282,10 @@ def _rebuild_table(
         total += count + literals
         if total > limits.max_chunks:
             raise ManifestError(f"delta describes more than {limits.max_chunks} chunks")
+        if total * (DIGEST_SIZE + SIZE_BYTES) > limits.max_bytes:
+            # a few bytes of ops can copy the base's table many times over: refuse the table
+            # before building what the manifest size limit would refuse afterwards
+            raise ManifestError(f"delta describes a manifest larger than {limits.max_bytes} bytes")
         if used + literals > literal_count:
             raise ManifestError(
                 f"delta op {number} needs literal chunks past the {literal_count} it holds"
