@@ -32,7 +32,7 @@ import os
 from array import array
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import accumulate
@@ -101,37 +101,32 @@ def _mapped(path: str) -> Iterator[memoryview]:
 
 def _common_prefix(a: memoryview, b: memoryview) -> int:
     """Length of the longest common prefix, comparing blocks in C, never byte by byte."""
-    limit = min(len(a), len(b))
-    done = 0
-    while done < limit:
-        step = min(_COMPARE_BLOCK, limit - done)
-        if a[done : done + step] == b[done : done + step]:
-            done += step
-            continue
-        low, high = 0, step  # a[done:done+low] agrees, a[done:done+high] does not
-        while high - low > 1:
-            middle = (low + high) // 2
-            if a[done : done + middle] == b[done : done + middle]:
-                low = middle
-            else:
-                high = middle
-        return done + low
-    return limit
+    return _agreement(min(len(a), len(b)), lambda lo, hi: a[lo:hi] == b[lo:hi])
 
 
 def _common_suffix(a: memoryview, b: memoryview) -> int:
-    limit = min(len(a), len(b))
+    """Length of the longest common suffix."""
     a_end, b_end = len(a), len(b)
+    return _agreement(
+        min(a_end, b_end),
+        lambda lo, hi: a[a_end - hi : a_end - lo] == b[b_end - hi : b_end - lo],
+    )
+
+
+def _agreement(limit: int, agree: Callable[[int, int], bool]) -> int:
+    """The largest n <= ``limit`` with ``agree(0, n)``, where ``agree(lo, hi)`` says whether
+    the bytes from ``lo`` to ``hi`` (counted from the end being measured) agree: block by
+    block, then a binary search inside the first block that differs."""
     done = 0
     while done < limit:
         step = min(_COMPARE_BLOCK, limit - done)
-        if a[a_end - done - step : a_end - done] == b[b_end - done - step : b_end - done]:
+        if agree(done, done + step):
             done += step
             continue
-        low, high = 0, step
+        low, high = 0, step  # [done, done + low) agrees, [done, done + high) does not
         while high - low > 1:
             middle = (low + high) // 2
-            if a[a_end - done - middle : a_end - done] == b[b_end - done - middle : b_end - done]:
+            if agree(done, done + middle):
                 low = middle
             else:
                 high = middle

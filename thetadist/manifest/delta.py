@@ -11,13 +11,18 @@ anything a full manifest could not.  The format is specified in docs/manifest-de
 
 from __future__ import annotations
 
-import sys
 from array import array
 from collections.abc import Sequence
 
 from thetadist.errors import ManifestError
 from thetadist.manifest import bencoding
-from thetadist.manifest.model import DIGEST_SIZE, Manifest, ManifestLimits
+from thetadist.manifest.model import (
+    DIGEST_SIZE,
+    Manifest,
+    ManifestLimits,
+    pack_u32s,
+    unpack_u32s,
+)
 
 DELTA_FORMAT = 1
 SIZE_BYTES = 4  # a chunk size: unsigned 32-bit big-endian
@@ -28,25 +33,6 @@ _TABLE_KEYS = (b"chunk hashes", b"chunk sizes")
 _DELTA_KEYS = frozenset(
     {b"base", b"format", b"literal hashes", b"literal sizes", b"manifest", b"ops", b"target"}
 )
-
-
-# ------------------------------------------------------------------------- packing
-
-
-def _pack_u32(values: array[int]) -> bytes:
-    """``values`` (array ``"I"``) as big-endian u32s, in C: the table can hold millions."""
-    if sys.byteorder == "little":
-        values = array("I", values)
-        values.byteswap()
-    return values.tobytes()
-
-
-def _unpack_u32(raw: bytes) -> array[int]:
-    values = array("I")
-    values.frombytes(raw)
-    if sys.byteorder == "little":
-        values.byteswap()
-    return values
 
 
 # ------------------------------------------------------------------------- encoding
@@ -69,9 +55,9 @@ def encode_delta(old: Manifest, new: Manifest) -> bytes:
         del value[key]
     ops, literal_hashes, literal_sizes = _diff_tables(
         old.chunk_digests,
-        _pack_u32(old.chunk_sizes),
+        pack_u32s(old.chunk_sizes),
         new.chunk_digests,
-        _pack_u32(new.chunk_sizes),
+        pack_u32s(new.chunk_sizes),
     )
     return bencoding.encode(
         {
@@ -151,7 +137,7 @@ def _diff_tables(
     literal_sizes = b"".join(
         new_sizes[first * SIZE_BYTES : end * SIZE_BYTES] for first, end in literal_spans
     )
-    return _pack_u32(array("I", ops)), literal_hashes, literal_sizes
+    return pack_u32s(array("I", ops)), literal_hashes, literal_sizes
 
 
 def _run_length(tables: tuple[bytes, bytes, bytes, bytes], i: int, j: int, limit: int) -> int:
@@ -265,12 +251,12 @@ def _rebuild_table(
         raise ManifestError(f"delta has more than {limits.max_chunks} literal chunks")
     old_count = old.chunk_count
     old_digests = old.chunk_digests
-    old_sizes = _pack_u32(old.chunk_sizes)
+    old_sizes = pack_u32s(old.chunk_sizes)
     digest_parts: list[bytes] = []
     size_parts: list[bytes] = []
     total = 0
     used = 0  # literal entries consumed so far
-    fields = iter(_unpack_u32(ops))
+    fields = iter(unpack_u32s(ops))
     for number, (start, count, literals) in enumerate(zip(fields, fields, fields, strict=True)):
         if count == 0 and literals == 0:
             raise ManifestError(f"delta op {number} is empty")

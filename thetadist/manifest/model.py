@@ -130,15 +130,16 @@ class DerivedSource:
 _DERIVED_RECORD = struct.Struct(">I32sI")
 
 
-def _sizes_to_bytes(sizes: array[int]) -> bytes:
+def pack_u32s(values: array[int]) -> bytes:
+    """``values`` (array ``"I"``) as packed unsigned 32-bit big-endian integers, in C."""
     if sys.byteorder == "little":
-        swapped = array("I", sizes)
+        swapped = array("I", values)
         swapped.byteswap()
         return swapped.tobytes()
-    return sizes.tobytes()
+    return values.tobytes()
 
 
-def _sizes_from_bytes(raw: bytes) -> array[int]:
+def unpack_u32s(raw: bytes) -> array[int]:
     sizes = array("I")
     sizes.frombytes(raw)
     if sys.byteorder == "little":
@@ -428,7 +429,7 @@ class Manifest:
             files.append(item)
         value: dict[bytes, bencoding.Value] = {
             b"chunk hashes": self.chunk_digests,
-            b"chunk sizes": _sizes_to_bytes(self.chunk_sizes),
+            b"chunk sizes": pack_u32s(self.chunk_sizes),
             b"chunker": {
                 b"algorithm": self.chunker.algorithm.encode(),
                 b"avg": self.chunker.avg_size,
@@ -665,7 +666,7 @@ def _from_value(value: bencoding.Value, limits: ManifestLimits) -> Manifest:
         chunker=chunker,
         files=entries,
         chunk_digests=_bytes(value[b"chunk hashes"], "chunk hashes"),
-        chunk_sizes=_sizes_from_bytes(raw_sizes),
+        chunk_sizes=unpack_u32s(raw_sizes),
         directories=directories,
         piece_size=_int(value[b"piece size"], "piece size"),
         previous=None if previous is None else _bytes(previous, "previous"),

@@ -236,18 +236,17 @@ class PeerSession:
     def spawn(self, task: Callable[[], Awaitable[None]]) -> None:
         """Run ``task`` beside the connection's own tasks; an error in it ends the session."""
         if self._nursery is not None:
-            self._nursery.start_soon(self._errors_end_session, task)
+            self._nursery.start_soon(self._guarded, task, False)
 
-    async def _errors_end_session(self, task: Callable[[], Awaitable[None]]) -> None:
+    async def _guarded(
+        self, task: Callable[[], Awaitable[None]], ends_session: bool = True
+    ) -> None:
+        """Run one of the session's tasks: an error ends the session, and so does the task's
+        return when ``ends_session`` (the reader, the writer, the uploader…)."""
         try:
             await task()
-        except Exception as exc:
-            self.end(_describe(exc))
-
-    async def _guarded(self, task: Callable[[], Awaitable[None]]) -> None:
-        try:
-            await task()
-            self.end("closed")
+            if ends_session:
+                self.end("closed")
         except Exception as exc:
             self.end(_describe(exc))
 
