@@ -405,7 +405,7 @@ def test_free_content_is_always_served() -> None:
 
 
 def test_default_credit_window() -> None:
-    assert DEFAULT_CREDIT_WINDOW == 32 * MIB
+    assert DEFAULT_CREDIT_WINDOW == 64 * MIB
     assert PayeeSession(DOMAIN, PAYEE, PRICE).credit_window == DEFAULT_CREDIT_WINDOW
 
 

@@ -134,3 +134,55 @@ async def test_cancelling_the_runner_loses_no_job(ledger: VoucherLedger) -> None
     assert [cumulative for cumulative, _ in outcomes.done] == list(amounts)
     assert not outcomes.failed
     assert len(ledger.entries(limit=None)) == len(amounts)
+
+
+async def test_a_batch_paying_for_flush_bytes_goes_without_lingering(
+    ledger: VoucherLedger,
+) -> None:
+    """Signed but unsent vouchers are credit the payee extends: past ``flush_bytes`` they go
+    at once, whatever the linger."""
+    signer = VoucherSigner(os.urandom(32), DOMAIN)
+    queue = VoucherQueue(ledger, linger=60, flush_bytes=3 << 20)
+    outcomes = Outcomes(ledger, Role.SIGNED)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(queue.run)
+
+        def sign(amount: int) -> None:
+            queue.sign(
+                signer,
+                Voucher(signer.address, PAYEE, 0, amount),
+                piece=amount,
+                nbytes=1 << 20,
+                done=outcomes.on_done,
+                failed=outcomes.on_failed,
+            )
+
+        sign(1)
+        sign(2)
+        await trio.sleep(0.2)
+        assert outcomes.done == []  # 2 MiB: still lingering
+        sign(3)
+        with trio.fail_after(10):
+            while len(outcomes.done) < 3:
+                await trio.sleep(0.01)
+        assert [cumulative for cumulative, _ in outcomes.done] == [1, 2, 3]
+        nursery.cancel_scope.cancel()
+
+
+async def test_flush_cuts_the_linger_short(ledger: VoucherLedger) -> None:
+    payer = VoucherSigner(os.urandom(32), DOMAIN)
+    queue = VoucherQueue(ledger, linger=60)
+    outcomes = Outcomes(ledger, Role.RECEIVED)
+    queue.flush()  # nothing queued: nothing to start
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(queue.run)
+        signed = payer.sign(Voucher(payer.address, PAYEE, 0, 7))
+        queue.verify(DOMAIN, signed, done=outcomes.on_done, failed=outcomes.on_failed)
+        await trio.sleep(0.2)
+        assert outcomes.done == []
+        queue.flush()  # an upload waits for the credit this voucher gives
+        with trio.fail_after(10):
+            while not outcomes.done:
+                await trio.sleep(0.01)
+        assert outcomes.done == [(7, 7)]
+        nursery.cancel_scope.cancel()

@@ -305,12 +305,17 @@ class PayeeLink:
         )
         self._changed = trio.Event()
         self._pool_reading = False
+        self._peer_pays: bool | None = None
 
     @property
     def peer_pays(self) -> bool:
         """Whether the peer offered vouchers in its handshake (else it is never served)."""
-        their = self.session.conn.their_handshake
-        return their is not None and bool(their.capabilities & Capability.VOUCHERS)
+        if self._peer_pays is None:
+            their = self.session.conn.their_handshake
+            if their is None:
+                return False
+            self._peer_pays = bool(their.capabilities & Capability.VOUCHERS)
+        return self._peer_pays
 
     async def clearance(self, nbytes: int) -> None:
         """Return when ``nbytes`` may be sent to the peer now (and count them as served);
@@ -329,6 +334,7 @@ class PayeeLink:
             if decision.action is Action.REFUSE:
                 self.session.send(Goodbye(GoodbyeReason.PAYMENT_REQUIRED, decision.reason[:200]))
                 raise PaymentStopped(f"refused: {decision.reason}")
+            self.payee.queue.flush()  # a voucher we hold may be what clears it
             self._changed = trio.Event()
             with trio.move_on_after(RECHECK):
                 await self._changed.wait()

@@ -45,13 +45,14 @@ from thetadist.wire.messages import PaymentTerms
 MIB = 1 << 20
 
 #: How far (in bytes) a seeder serves ahead of the vouchers it has.  A fetcher pays only after
-#: a piece arrived and verified, so at full speed the bytes between "served" and "the voucher
-#: for them is back" are the bandwidth-delay product plus socket buffers plus the pieces
-#: queued for hashing: at 500 MB/s and 10 ms RTT about 5 MB on the wire and a few MiB in
-#: buffers and the hash queue.  32 MiB leaves twice that; a seeder waiting on vouchers caps a
-#: connection at window / (RTT + verify time), still 320 MB/s on a 100 ms path.  The risk is
-#: bounded by ``price_of(window)`` per payer, a few thousandths of a cent at CDN-like prices.
-DEFAULT_CREDIT_WINDOW = 32 * MIB
+#: a piece arrived and verified, so at full speed the window must cover every byte between
+#: "served" and "its voucher counted": the seeder's outbox and both socket buffers (several
+#: MiB each on Linux, loopback included), the fetcher's pieces waiting to be hashed, the
+#: payer's voucher batch (up to 8 MiB or 25 ms) and the payee's (25 ms), plus the RTT.
+#: Measured on loopback at 500+ MB/s: with 32 MiB a seeder paused 60–90 times per GiB waiting
+#: for vouchers already on their way, with 64 MiB never.  The risk is bounded by
+#: ``price_of(window)`` per payer, a few thousandths of a cent at CDN-like prices.
+DEFAULT_CREDIT_WINDOW = 64 * MIB
 #: How often a seeder re-reads a payer's pool while serving it (one chain call per payer).
 DEFAULT_POOL_REFRESH = 30.0
 #: Beyond the first credit window, a pool read older than this makes the seeder WAIT.
