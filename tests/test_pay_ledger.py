@@ -294,3 +294,31 @@ def test_a_version_2_ledger_is_upgraded_in_place(tmp_path: Path) -> None:
         assert not upgraded.execute(
             "SELECT name FROM sqlite_schema WHERE type='trigger'"
         ).fetchall()
+
+
+def _wal_frames(path: Path) -> tuple[int, int]:
+    """(frames in the WAL, frames of it already copied into the database file)."""
+    probe = sqlite3.connect(path, isolation_level=None)
+    try:
+        _, frames, copied = probe.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    finally:
+        probe.close()
+    return frames, copied
+
+
+def test_deferred_checkpoints_leave_the_wal_to_checkpoint(tmp_path: Path) -> None:
+    """With checkpoints deferred no commit copies the WAL into the database file (SQLite's
+    own would, past 1000 pages, with two fsyncs on the committing thread); checkpoint() does,
+    on a connection of its own, while the ledger stays open and writable."""
+    path = tmp_path / "vouchers.sqlite"
+    with VoucherLedger(path) as ledger:
+        ledger.defer_checkpoints()
+        for amount in range(1, 700):  # ~3 pages a commit: past the 1000-page threshold
+            ledger.record(Role.RECEIVED, DOMAIN, sv(amount), piece=amount, nbytes=1)
+        wal = Path(f"{path}-wal")
+        assert wal.stat().st_size > 1000 * 1024
+        ledger.checkpoint()
+        frames, copied = _wal_frames(path)
+        assert frames == copied > 1000
+        ledger.record(Role.RECEIVED, DOMAIN, sv(700), piece=700, nbytes=1)
+        assert ledger.latest(Role.RECEIVED, DOMAIN, PAYER, PAYEE, 0).cumulative == 700

@@ -4,6 +4,7 @@ voucher is acted on only once it is in the ledger; nothing is lost to cancellati
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,69 @@ async def test_flush_cuts_the_linger_short(ledger: VoucherLedger) -> None:
                 await trio.sleep(0.01)
         assert outcomes.done == [(7, 7)]
         nursery.cancel_scope.cancel()
+
+
+async def _sign_in_batches(queue: VoucherQueue, ledger: VoucherLedger, batches: int) -> None:
+    """Submit ``batches`` vouchers, one batch each (the queue flushes past 1 byte)."""
+    signer = VoucherSigner(os.urandom(32), DOMAIN)
+    outcomes = Outcomes(ledger, Role.SIGNED)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(queue.run)
+        for amount in range(1, batches + 1):
+            queue.sign(
+                signer,
+                Voucher(signer.address, PAYEE, 0, amount),
+                piece=amount,
+                nbytes=1,
+                done=outcomes.on_done,
+                failed=outcomes.on_failed,
+            )
+            with trio.fail_after(10):
+                while len(outcomes.done) < amount:
+                    await trio.sleep(0.001)
+        nursery.cancel_scope.cancel()
+    assert [cumulative for cumulative, _ in outcomes.done] == list(range(1, batches + 1))
+
+
+async def test_batches_commit_on_the_loop_and_checkpoints_go_to_a_thread(
+    ledger: VoucherLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("thetadist.net.voucher_queue.CHECKPOINT_EVERY", 2)
+    loop_thread = threading.get_ident()
+    processed_on: set[int] = set()
+    checkpointed_on: list[int] = []
+    queue = VoucherQueue(ledger, linger=60, flush_bytes=1)
+    process, checkpoint = queue._process, ledger.checkpoint
+
+    def spying_process(batch):  # type: ignore[no-untyped-def]
+        processed_on.add(threading.get_ident())
+        process(batch)
+
+    def spying_checkpoint() -> None:
+        checkpointed_on.append(threading.get_ident())
+        checkpoint()
+
+    monkeypatch.setattr(queue, "_process", spying_process)
+    monkeypatch.setattr(ledger, "checkpoint", spying_checkpoint)
+    await _sign_in_batches(queue, ledger, 6)
+    assert processed_on == {loop_thread}
+    assert checkpointed_on and loop_thread not in checkpointed_on
+    assert ledger._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+
+
+async def test_a_durable_ledger_commits_in_a_worker_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One fsync per commit: never on the event loop."""
+    with VoucherLedger(tmp_path / "durable.sqlite", durable=True) as ledger:
+        queue = VoucherQueue(ledger, linger=60, flush_bytes=1)
+        processed_on: set[int] = set()
+        process = queue._process
+
+        def spying_process(batch):  # type: ignore[no-untyped-def]
+            processed_on.add(threading.get_ident())
+            process(batch)
+
+        monkeypatch.setattr(queue, "_process", spying_process)
+        await _sign_in_batches(queue, ledger, 3)
+        assert processed_on and threading.get_ident() not in processed_on

@@ -281,6 +281,29 @@ class VoucherLedger:
             raise
         return int(version)
 
+    def defer_checkpoints(self) -> None:
+        """Stop commits on this connection from checkpointing the WAL; call :meth:`checkpoint`
+        instead, from a worker thread.
+
+        By default the commit that grows the WAL past 1000 pages copies it into the database
+        file and fsyncs both, on the committing thread: a node that commits on its event loop
+        would stall there for as long as the disk takes (seconds, behind a big download's
+        dirty pages)."""
+        with self._locked() as db:
+            db.execute("PRAGMA wal_autocheckpoint=0")
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database file (blocking: it fsyncs both).  On a connection of
+        its own and PASSIVE, so commits go on meanwhile and nothing waits for it."""
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
+            try:
+                db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            finally:
+                db.close()
+        except sqlite3.Error as exc:
+            raise StoreError(f"voucher ledger {str(self.path)!r}: checkpoint: {exc}") from None
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
