@@ -346,7 +346,7 @@ class CorruptingSource(DirectorySource):
         self.served = 0
         self.corrupted: set[int] = set()
 
-    async def read_piece(self, index: int) -> bytes:
+    async def read_piece(self, index: int, buffers: object = None) -> bytes:
         data = bytearray(await super().read_piece(index))
         self.served += 1
         if self.served % 4 == 0:

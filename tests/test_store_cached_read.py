@@ -15,6 +15,7 @@ from thetadist import create_manifest
 from thetadist.net.source import DirectorySource, StoreSource
 from thetadist.store import PieceStore
 from thetadist.store.cached_read import pread_cached
+from thetadist.wire import PayloadPool
 
 pytestmark = pytest.mark.skipif(
     not hasattr(os, "RWF_NOWAIT"), reason="preadv2(RWF_NOWAIT) is Linux-only"
@@ -130,5 +131,64 @@ async def test_sources_serve_cached_pieces_without_a_thread_and_the_rest_with_on
         for piece in pieces:
             assert bytes(await fetching.read_piece(piece.index)) == expected[piece.index]
         assert len(hops) == len(pieces)
+    finally:
+        store.close()
+
+
+async def test_cached_reads_refill_buffers_from_the_pool(tmp_path: Path) -> None:
+    """A seeder reads served pieces into buffers its writer gave back: the same bytearray
+    comes out, holding exactly the piece; one still viewed (being sent) is never refilled."""
+    build = _build(tmp_path / "build")
+    manifest = create_manifest(build, name="t")
+    piece_a, piece_b = manifest.pieces[:2]
+    expected = {
+        p.index: (build / manifest.files[p.file_index].path).read_bytes()[
+            p.offset : p.offset + p.size
+        ]
+        for p in (piece_a, piece_b)
+    }
+    source = DirectorySource(manifest, build)
+    for piece in (piece_a, piece_b):
+        await source.read_piece(piece.index)  # first read: verified in a worker thread
+    pool = PayloadPool()
+    spare = bytearray(b"\xee" * (2 * piece_a.size))
+    pool.give_back(spare)
+    data = await source.read_piece(piece_a.index, pool)
+    assert data is spare and bytes(data) == expected[piece_a.index]
+    view = memoryview(data)  # still being sent
+    pool.give_back(data)
+    again = await source.read_piece(piece_b.index, pool)
+    assert again is not data and bytes(again) == expected[piece_b.index]
+    assert bytes(view) == expected[piece_a.index]  # the viewed buffer kept its bytes
+    view.release()
+
+
+def test_pread_cached_refuses_a_buffer_of_the_wrong_size(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom(8192))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(ValueError):
+            pread_cached(fd, 4096, 0, bytearray(100))
+    finally:
+        os.close(fd)
+
+
+async def test_a_fetchers_cached_reads_refill_buffers_from_the_pool(tmp_path: Path) -> None:
+    """The same for what a fetcher re-serves from its store."""
+    build = _build(tmp_path / "build")
+    manifest = create_manifest(build, name="t")
+    piece = manifest.pieces[0]
+    expected = (build / manifest.files[piece.file_index].path).read_bytes()[
+        piece.offset : piece.offset + piece.size
+    ]
+    store = PieceStore.open(manifest, tmp_path / "out")
+    try:
+        await store.write_piece(piece.index, expected)
+        pool = PayloadPool()
+        spare = bytearray(piece.size)
+        pool.give_back(spare)
+        data = await StoreSource(store).read_piece(piece.index, pool)
+        assert data is spare and bytes(data) == expected
     finally:
         store.close()

@@ -29,7 +29,7 @@ from thetadist.errors import IntegrityError, StoreError
 from thetadist.manifest.model import Manifest, Piece
 from thetadist.store import PieceStore
 from thetadist.store.cached_read import pread_cached
-from thetadist.wire import Bitfield
+from thetadist.wire import Bitfield, PayloadPool
 
 #: Bytes of one file one up-front check task reads (tasks of a big file run in parallel).
 CHECK_TASK_BYTES = 64 * 1024 * 1024
@@ -40,8 +40,11 @@ class PieceSource(Protocol):
 
     def bitfield(self) -> bytes: ...
 
-    async def read_piece(self, index: int) -> bytes | bytearray:
-        """The piece's bytes, verified against the manifest; raises IntegrityError/StoreError."""
+    async def read_piece(
+        self, index: int, buffers: PayloadPool | None = None
+    ) -> bytes | bytearray:
+        """The piece's bytes, verified against the manifest; raises IntegrityError/StoreError.
+        A ``bytearray`` may come from ``buffers`` (the caller gives it back once sent)."""
         ...
 
 
@@ -57,8 +60,16 @@ class StoreSource:
     def bitfield(self) -> bytes:
         return self._store.bitfield()
 
-    async def read_piece(self, index: int) -> bytes | bytearray:
-        return await self._store.read_piece(index)
+    async def read_piece(
+        self, index: int, buffers: PayloadPool | None = None
+    ) -> bytes | bytearray:
+        if buffers is None:
+            return await self._store.read_piece(index)
+        buffer = buffers.take(self._store.manifest.pieces[index].size)
+        data = await self._store.read_piece(index, buffer=buffer)
+        if data is not buffer:
+            buffers.give_back(buffer)  # not in the page cache: read into a buffer of its own
+        return data
 
 
 class DirectorySource:
@@ -164,14 +175,16 @@ class DirectorySource:
             return []
         return outcome
 
-    async def read_piece(self, index: int) -> bytes | bytearray:
-        cached = self._read_cached(index)
+    async def read_piece(
+        self, index: int, buffers: PayloadPool | None = None
+    ) -> bytes | bytearray:
+        cached = self._read_cached(index, buffers)
         if cached is None:
             return await trio.to_thread.run_sync(self._read, index, limiter=self._limiter)
         await trio.lowlevel.checkpoint()
         return cached
 
-    def _read_cached(self, index: int) -> bytearray | None:
+    def _read_cached(self, index: int, buffers: PayloadPool | None) -> bytearray | None:
         """A piece already verified, unchanged since and all in the page cache, or None."""
         verified = self._verified_as.get(index)
         if verified is None:
@@ -186,7 +199,11 @@ class DirectorySource:
             info = os.fstat(fd)
             if (info.st_ino, info.st_size, info.st_mtime_ns) != verified:
                 return None
-            return pread_cached(fd, piece.size, piece.offset)
+            buffer = buffers.take(piece.size) if buffers is not None else None
+            cached = pread_cached(fd, piece.size, piece.offset, buffer)
+            if cached is None and buffers is not None and buffer is not None:
+                buffers.give_back(buffer)
+            return cached
         except OSError:
             return None  # the worker thread's read reports it properly
         finally:

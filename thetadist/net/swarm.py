@@ -435,6 +435,10 @@ class PeerSession:
             if isinstance(data, memoryview):
                 self._queued_payloads -= 1
                 self._payload_sent.set()
+                owner = data.obj
+                del data, batch  # dropped first: the pool refills only a buffer nobody views
+                if isinstance(owner, bytearray):
+                    self.swarm.payload_pool.give_back(owner)
 
     async def _uploader(self) -> None:
         swarm = self.swarm
@@ -453,7 +457,7 @@ class PeerSession:
             # Claimed before the read: a second uploader must see this copy as on its way.
             self.sent_pieces[run.piece] = 1
             try:
-                data = await swarm.source.read_piece(run.piece)
+                data = await swarm.source.read_piece(run.piece, swarm.payload_pool)
             except (IntegrityError, StoreError) as exc:
                 self.sent_pieces[run.piece] = 0
                 swarm.emit(PieceServeFailed(run.piece, str(exc)))
@@ -482,6 +486,7 @@ class PeerSession:
             self._outbox_ready.set()
             self.uploaded += len(body)
             swarm.on_uploaded(self, run, len(body))
+            del data, payload, body  # the writer's view is the last: it gives the buffer back
 
     async def _keepalive(self) -> None:
         while True:

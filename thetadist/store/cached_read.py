@@ -23,14 +23,22 @@ _NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 _usable = _NOWAIT is not None and hasattr(os, "preadv")
 
 
-def pread_cached(fd: int, size: int, offset: int) -> bytearray | None:
+def pread_cached(
+    fd: int, size: int, offset: int, buffer: bytearray | None = None
+) -> bytearray | None:
     """``size`` bytes of ``fd`` at ``offset`` if all of them are in the page cache, else None
     (read them in a worker thread then).  Never blocks on I/O; raises nothing but the
-    ``OSError`` of a real failure (EBADF, EIO), which a blocking read would raise too."""
+    ``OSError`` of a real failure (EBADF, EIO), which a blocking read would raise too.
+
+    ``buffer`` (exactly ``size`` bytes) is filled and returned instead of a new one: a fresh
+    MiB is zero-filled and often mapped anew, which a reused one is not."""
     global _usable
     if not _usable or size <= 0:
         return None
-    buffer = bytearray(size)
+    if buffer is None:
+        buffer = bytearray(size)
+    elif len(buffer) != size:
+        raise ValueError(f"a {len(buffer)}-byte buffer for a {size}-byte read")
     try:
         got = os.preadv(fd, [buffer], offset, _NOWAIT)  # type: ignore[arg-type]
     except BlockingIOError:

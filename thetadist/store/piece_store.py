@@ -924,11 +924,13 @@ class PieceStore:
             self._verify(piece, memoryview(data))
         return data
 
-    def read_piece_cached(self, index: int) -> bytearray | None:
+    def read_piece_cached(
+        self, index: int, buffer: bytearray | None = None
+    ) -> bytearray | None:
         """A present piece's bytes if the page cache holds all of them (read without blocking
-        on I/O, see :mod:`thetadist.store.cached_read`), else None.  For the event loop: it
-        never waits for the store's lock either (a worker thread may hold it through an
-        fsync) and opens no staging file."""
+        on I/O, see :mod:`thetadist.store.cached_read`; into ``buffer`` when given), else None.
+        For the event loop: it never waits for the store's lock either (a worker thread may
+        hold it through an fsync) and opens no staging file."""
         piece = self._piece(index)
         if not self._present[index]:
             return None
@@ -938,7 +940,7 @@ class PieceStore:
                 path = os.fspath(self.out_dir / self.manifest.files[file_index].path)
                 fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | _O_CLOEXEC)
                 try:
-                    return pread_cached(fd, piece.size, piece.offset)
+                    return pread_cached(fd, piece.size, piece.offset, buffer)
                 finally:
                     os.close(fd)
             if not self._lock.acquire(blocking=False):
@@ -947,20 +949,23 @@ class PieceStore:
                 handle = self._fds.get(file_index)
                 if handle is None or handle.doomed:
                     return None
-                return pread_cached(handle.fd, piece.size, piece.offset)
+                return pread_cached(handle.fd, piece.size, piece.offset, buffer)
             finally:
                 self._lock.release()
         except OSError:
             return None  # renamed meanwhile, say: the worker thread's read sorts it out
 
-    async def read_piece(self, index: int, *, verify: bool = False) -> bytes | bytearray:
-        """Read a present piece: on the event loop when the page cache holds it, else in a
-        worker thread (``verify`` re-hashes it, always in the thread)."""
+    async def read_piece(
+        self, index: int, *, verify: bool = False, buffer: bytearray | None = None
+    ) -> bytes | bytearray:
+        """Read a present piece: on the event loop when the page cache holds it (into
+        ``buffer`` when given), else in a worker thread (``verify`` re-hashes it, always in the
+        thread)."""
         import trio
 
         self._check_open()
         if not verify:
-            cached = self.read_piece_cached(index)
+            cached = self.read_piece_cached(index, buffer)
             if cached is not None:
                 await trio.lowlevel.checkpoint()
                 return cached
