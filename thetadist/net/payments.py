@@ -12,8 +12,9 @@ in and out of :class:`thetadist.net.swarm.PeerSession`:
   it will not pay.
 
 Signatures, their checks and the ledger's commits go through one
-:class:`~thetadist.net.voucher_queue.VoucherQueue` per role, which does them in batches in a
-worker thread; a voucher is sent (payer) or counted (payee) only when its batch committed.
+:class:`~thetadist.net.voucher_queue.VoucherQueue` per role, which does them in batches (on
+the event loop; a durable ledger's in a worker thread); a voucher is sent (payer) or counted
+(payee) only when its batch committed.
 
 One node may be both: a paying fetcher that also charges for what it relays.
 """

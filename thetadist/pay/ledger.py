@@ -30,9 +30,11 @@ committed by as much.  ``durable=True`` selects ``synchronous=FULL``: every comm
 disk) and survives power loss.
 
 One connection serves all threads (``check_same_thread=False``) behind a lock: the swarm
-records from worker threads and the cost per record is tens of microseconds, so a pool would
-add nothing but contention.  Several processes may open the same file (SQLite locks it), but a
-payer's budget is per process: run one fetcher per wallet and ledger.
+records on its event loop (or, for a durable ledger, from worker threads) and the cost per
+record is tens of microseconds, so a pool would add nothing but contention.  A node that
+commits on its event loop defers WAL checkpoints to a worker thread
+(:meth:`VoucherLedger.defer_checkpoints`).  Several processes may open the same file (SQLite
+locks it), but a payer's budget is per process: run one fetcher per wallet and ledger.
 """
 
 from __future__ import annotations
