@@ -203,3 +203,32 @@ def test_pool_reads_from_many_threads(
     for thread in threads:
         thread.join()
     assert problems == []
+
+
+def test_pool_reads_ask_the_node_for_its_chain_id_once(
+    anvil: str,  # noqa: F811
+    operator: LocalAccount,
+    pool: TicketPool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """web3 validates each eth_call against the node's chain id; a seeder reads payers' pools
+    all day, and the chain id of a live connection does not change: asked once, not per read."""
+    import json
+
+    import requests
+
+    reader = TicketPool.at(Chain.connect(anvil), pool.address)
+    methods: list[str] = []
+    post = requests.Session.post
+
+    def counting(self, url, *args, **kwargs):  # type: ignore[no-untyped-def]
+        body = kwargs.get("data")
+        if body:
+            methods.append(json.loads(body)["method"])
+        return post(self, url, *args, **kwargs)
+
+    monkeypatch.setattr(requests.Session, "post", counting)
+    for _ in range(3):
+        assert reader.pool(operator.address).deposit >= 0
+    assert methods.count("eth_call") == 3
+    assert methods.count("eth_chainId") <= 1

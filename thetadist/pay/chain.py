@@ -41,7 +41,7 @@ from web3.exceptions import (
     Web3RPCError,
 )
 from web3.providers.rpc.utils import ExceptionRetryConfiguration
-from web3.types import TxParams, TxReceipt, Wei
+from web3.types import RPCEndpoint, TxParams, TxReceipt, Wei
 
 from thetadist.errors import ChainError
 from thetadist.pay.compile import ARTIFACT_PATH
@@ -178,6 +178,11 @@ class Chain:
             exception_retry_configuration=ExceptionRetryConfiguration(
                 errors=(requests.ConnectionError,), retries=2, backoff_factor=0.1
             ),
+            # web3 validates every eth_call against the node's chain id, asking for it anew
+            # each time: half the requests of a payer's pool read.  The chain id and client
+            # of a node do not change under a live connection.
+            cache_allowed_requests=True,
+            cacheable_requests={RPCEndpoint("eth_chainId"), RPCEndpoint("web3_clientVersion")},
         )
         return cls(Web3(provider), description=rpc_url, receipt_timeout=receipt_timeout)
 
