@@ -253,3 +253,28 @@ async def test_a_durable_ledger_commits_in_a_worker_thread(
         monkeypatch.setattr(queue, "_process", spying_process)
         await _sign_in_batches(queue, ledger, 3)
         assert processed_on and threading.get_ident() not in processed_on
+
+
+async def test_a_running_queue_on_a_broken_ledger_fails_the_jobs_not_the_node(
+    ledger: VoucherLedger,
+) -> None:
+    signer = VoucherSigner(os.urandom(32), DOMAIN)
+    queue = VoucherQueue(ledger, linger=0)
+    outcomes = Outcomes(ledger, Role.SIGNED)
+    ledger.close()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(queue.run)
+        queue.sign(
+            signer,
+            Voucher(signer.address, PAYEE, 0, 1),
+            piece=0,
+            nbytes=1,
+            done=outcomes.on_done,
+            failed=outcomes.on_failed,
+        )
+        with trio.fail_after(10):
+            while not outcomes.failed:
+                await trio.sleep(0.001)
+        nursery.cancel_scope.cancel()
+    assert outcomes.done == []
+    assert [type(error) for error in outcomes.failed] == [StoreError]

@@ -140,7 +140,10 @@ class VoucherQueue:
         """Process batches until cancelled."""
         blocking = self.ledger.durable  # an fsync per commit: a worker thread's job
         if not blocking:
-            self.ledger.defer_checkpoints()
+            try:
+                self.ledger.defer_checkpoints()
+            except StoreError:
+                blocking = True  # SQLite may checkpoint in any commit: keep them off the loop
         commits = 0
         async with trio.open_nursery() as nursery:
             while True:
