@@ -199,10 +199,12 @@ class DirectorySource:
             info = os.fstat(fd)
             if (info.st_ino, info.st_size, info.st_mtime_ns) != verified:
                 return None
-            buffer = buffers.take(piece.size) if buffers is not None else None
+            if buffers is None:
+                return pread_cached(fd, piece.size, piece.offset)
+            buffer = buffers.take(piece.size)
             cached = pread_cached(fd, piece.size, piece.offset, buffer)
-            if cached is None and buffers is not None and buffer is not None:
-                buffers.give_back(buffer)
+            if cached is None:
+                buffers.give_back(buffer)  # not in the page cache: read into one of its own
             return cached
         except OSError:
             return None  # the worker thread's read reports it properly

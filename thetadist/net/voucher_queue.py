@@ -36,10 +36,9 @@ from thetadist.errors import InvalidTicket, StoreError
 from thetadist.pay.ledger import Role, VoucherLedger, VoucherRecord
 from thetadist.pay.voucher import Domain, SignedVoucher, Voucher, VoucherSigner, verify
 
-#: How long the first job of a batch waits for others.  A batch costs about 300 µs of CPU
-#: on top of its vouchers (the worker-thread round trip ~170 µs, the transaction ~50 µs), a
-#: voucher 60–90 µs: at full speed (500+ vouchers a second) batches of 10 or more keep the
-#: fixed share small.
+#: How long the first job of a batch waits for others.  A batch's transaction and wake-up
+#: cost the same for 1 voucher or 16: at full speed (500+ vouchers a second) this makes
+#: batches of 10 or more.
 LINGER = 0.025
 #: A batch goes at once when its vouchers pay for this many bytes: a payer's signed-but-unsent
 #: vouchers are credit its payee extends meanwhile (a payee's window is 64 MiB by default).
