@@ -1,14 +1,16 @@
 """What payments cost: a paid against a free loopback transfer, vouchers in µs, gas on anvil.
 
-    python -m bench.bench_pay [--size 1GiB] [--repeat 3] [--workdir bench-out/pay]
-                              [--parts transfer,crypto,gas]
+    python -m bench.bench_pay [--size 1GiB] [--repeat 7] [--workdir bench-out/pay]
+                              [--parts transfer,crypto,gas] [--quiet-wait 30]
 
 * ``transfer``: 1 seeder → 1 fetcher of ``--size`` (1 GiB), real processes on 127.0.0.1 (the
   harness of :mod:`bench.swarm_run`), free and paid runs alternating, in the same session on
   the same anvil.  Paid: ``seed --price``, ``fetch --wallet --max-price`` — a voucher signed,
-  recorded, sent, verified and recorded per piece.  Figure: median wall time paid ÷ free,
-  target ≤ 1.05.  Afterwards the seeder redeems everything and the chain must have credited
-  exactly the price of the bytes served, or the benchmark fails.
+  recorded, sent, verified and recorded per piece.  Before every run, as :mod:`bench.bench_swarm`
+  does: wait up to ``--quiet-wait`` s for an idle machine, then ``sync`` (what the last run and
+  its neighbours left running must not land in the next one's clock).  Figure: median wall time
+  paid ÷ free, target ≤ 1.05.  Afterwards the seeder redeems everything and the chain must have
+  credited exactly the price of the bytes served, or the benchmark fails.
 * ``crypto``: voucher sign and verify, fast path against eth-account (:mod:`bench.pay_crypto`).
 * ``gas``: gas per voucher for a pair's first and repeat redemption and batches of 8, 32 and
   128 (:mod:`bench.pay_gas`), target below 40k per voucher at 32.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -31,7 +34,7 @@ from bench.bench_swarm import prepare_dataset
 from bench.pay_crypto import measure as measure_crypto
 from bench.pay_gas import measure_gas, running_anvil
 from bench.pay_gas import report_lines as gas_report_lines
-from bench.swarm_run import SwarmSpec, run_swarm
+from bench.swarm_run import SwarmSpec, run_swarm, wait_quiet
 from thetadist.pay.accounts import price_of
 from thetadist.pay.chain import Chain, TicketPool
 from thetadist.pay.ledger import VoucherLedger
@@ -50,7 +53,9 @@ def log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def bench_transfer(workdir: Path, size: int, repeat: int, rpc: str) -> dict[str, Any]:
+def bench_transfer(
+    workdir: Path, size: int, repeat: int, rpc: str, quiet_wait: float
+) -> dict[str, Any]:
     data = prepare_dataset(workdir, size)
     chain = Chain.connect(rpc)
     operator: LocalAccount = Account.create()
@@ -87,6 +92,9 @@ def bench_transfer(workdir: Path, size: int, repeat: int, rpc: str) -> dict[str,
     for round_number in range(repeat):
         order = list(arms) if round_number % 2 == 0 else list(reversed(arms))
         for name in order:
+            if quiet_wait > 0:
+                wait_quiet(quiet_wait)
+            os.sync()
             result = run_swarm(
                 SwarmSpec(
                     data_dir=data.data_dir,
@@ -154,9 +162,12 @@ def bench_transfer(workdir: Path, size: int, repeat: int, rpc: str) -> dict[str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="1GiB")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--workdir", type=Path, default=Path("bench-out/pay"))
     parser.add_argument("--parts", default="transfer,crypto,gas")
+    parser.add_argument(
+        "--quiet-wait", type=float, default=30.0, help="max idle wait before each run (s)"
+    )
     options = parser.parse_args()
     parts = set(options.parts.split(","))
     report: dict[str, Any] = {}
@@ -176,7 +187,9 @@ def main() -> None:
                     log(line)
             if "transfer" in parts:
                 size = parse_size(options.size)
-                transfer = bench_transfer(options.workdir, size, options.repeat, rpc)
+                transfer = bench_transfer(
+                    options.workdir, size, options.repeat, rpc, options.quiet_wait
+                )
                 report["transfer"] = transfer
                 walls = transfer["median_wall_s"]
                 log(
