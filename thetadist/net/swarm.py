@@ -503,8 +503,13 @@ class PeerSession:
             or self._end_reason is not None
         ):
             return
+        requests_sent = self.conn.requests_sent
         for run in picker.pick(self.peer_id, trio.current_time()):
-            self.send(Request(*run))
+            # A run taken back from this peer (its queue stalled) and picked for it again
+            # while the CANCEL is on its way: the peer's answer to the first REQUEST, the
+            # piece or a REJECT, settles this one too; asking twice is a protocol error.
+            if run not in requests_sent:
+                self.send(Request(*run))
 
 
 class Swarm:
