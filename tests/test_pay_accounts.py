@@ -245,6 +245,23 @@ def test_first_window_is_free_then_a_voucher_is_needed() -> None:
     assert payee.served == 4 * MIB  # nothing unserved was counted
 
 
+def test_a_window_smaller_than_a_piece_serves_one_piece_at_a_time() -> None:
+    """A piece always goes once everything before it is paid (the seeder risks that one
+    piece): a window below the piece size means stop-and-wait, not a deadlock."""
+    payer = payer_session(Budget(10**30))
+    payee = PayeeSession(DOMAIN, PAYEE, PRICE, credit_window=256 << 10, voucher_timeout=10.0)
+    assert payee.decide(MIB, 0.0) is SERVE  # the first piece, on credit
+    assert payee.decide(MIB, 0.0).reason == "waiting for the payer's first voucher"
+    pay(payer, payee, MIB)
+    payee.set_pool(Pool(deposit=10**30), 0.0)
+    assert payee.decide(MIB, 0.0) is SERVE  # paid up: the next one
+    waiting = payee.decide(1, 0.0)
+    assert waiting.action is Action.WAIT and waiting.reason == "waiting for a voucher"
+    pay(payer, payee, MIB)
+    assert payee.decide(MIB, 0.0) is SERVE
+    assert payee.unpaid == price_of(MIB, PRICE)  # never more than that one piece
+
+
 def test_payee_serves_while_paid_within_the_window() -> None:
     payer, payee = payer_session(Budget(10**30)), payee_session()
     for _ in range(4):
@@ -436,14 +453,20 @@ class PaymentExchange(RuleBasedStateMachine):
         self.broke = False  # the payer ran out of deposit
         self.lost = False  # a voucher never arrived
         self.refused = False
+        #: The dearest piece served while everything before it was paid for: it may exceed
+        #: the window (a window smaller than a piece must not deadlock).
+        self.largest_lone_piece = 0
 
     @rule(size=st.integers(1, 3 * MIB // 2) | st.sampled_from([MIB, 2 * MIB]))
     def request(self, size: int) -> None:
         if self.refused:
             return
+        all_paid = self.payee.owed <= self.payee.paid
         decision = self.payee.decide(size, self.now)
         event(f"decide: {decision.action.value} {decision.reason}")
         if decision is SERVE:
+            if all_paid:
+                self.largest_lone_piece = max(self.largest_lone_piece, price_of(size, self.price))
             self.pieces.append(size)
             if self.payee.pool is not None:  # a known pool bounds what is served on credit
                 assert self.payee.owed <= self.deposit
@@ -494,8 +517,9 @@ class PaymentExchange(RuleBasedStateMachine):
             assert self.payee.paid == self.payer.cumulative == self.payee.owed
 
     @invariant()
-    def payee_is_never_more_than_a_window_behind(self) -> None:
-        assert self.payee.owed - self.payee.paid <= price_of(self.window, self.price)
+    def payee_is_never_more_than_a_window_or_one_piece_behind(self) -> None:
+        allowed = max(price_of(self.window, self.price), self.largest_lone_piece)
+        assert self.payee.owed - self.payee.paid <= allowed
 
     @invariant()
     def payer_never_commits_beyond_its_deposit(self) -> None:

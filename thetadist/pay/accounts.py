@@ -396,17 +396,22 @@ class PayeeSession:
         if self.price_per_mib == 0:
             self.served += nbytes
             return SERVE
+        # When everything served so far is paid for, the next piece goes whatever its size:
+        # the seeder risks that one piece, and a window smaller than a piece cannot deadlock.
+        all_paid = self.owed <= self.paid
         served = self.served + nbytes
         owed = self.base + price_of(served, self.price_per_mib)
         refusal = self._pool_refusal(owed)
         if refusal is not None:
             return refusal
         if served > self.credit_window:
-            if self.payer is None:
+            if self.payer is None and not all_paid:
                 return self._wait_for_voucher(now, "waiting for the payer's first voucher")
-            if self.pool is None or now - self._pool_read_at > self.pool_max_age:
+            if self.payer is not None and (
+                self.pool is None or now - self._pool_read_at > self.pool_max_age
+            ):
                 return Decision(Action.WAIT, "waiting for a fresh read of the payer's pool")
-        if owed - self.paid > price_of(self.credit_window, self.price_per_mib):
+        if not all_paid and owed - self.paid > price_of(self.credit_window, self.price_per_mib):
             return self._wait_for_voucher(now, "waiting for a voucher")
         self._waiting_since = None
         self.served = served
