@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from thetadist.errors import InvalidTicket, StoreError
-from thetadist.net.voucher_queue import VoucherQueue
+from thetadist.net.voucher_queue import FLUSH_BYTES, VoucherQueue, flush_bytes_for
 from thetadist.pay.ledger import Role, VoucherLedger
 from thetadist.pay.voucher import Domain, SignedVoucher, Voucher, VoucherSigner
 
@@ -168,6 +168,50 @@ async def test_a_batch_paying_for_flush_bytes_goes_without_lingering(
                 await trio.sleep(0.01)
         assert [cumulative for cumulative, _ in outcomes.done] == [1, 2, 3]
         nursery.cancel_scope.cancel()
+
+
+async def test_a_voucher_for_a_payee_with_a_small_window_goes_at_its_own_threshold(
+    ledger: VoucherLedger,
+) -> None:
+    """A payee that serves 4 MiB ahead must not wait for the queue's 8 MiB: the job's own
+    ``flush_bytes`` (a quarter of that window) starts the batch, with the vouchers queued
+    before it for other payees."""
+    signer = VoucherSigner(os.urandom(32), DOMAIN)
+    queue = VoucherQueue(ledger, linger=60)
+    outcomes = Outcomes(ledger, Role.SIGNED)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(queue.run)
+
+        def sign(payee: bytes, amount: int, flush_bytes: int) -> None:
+            queue.sign(
+                signer,
+                Voucher(signer.address, payee, 0, amount),
+                piece=amount,
+                nbytes=512 << 10,
+                done=outcomes.on_done,
+                failed=outcomes.on_failed,
+                flush_bytes=flush_bytes,
+            )
+
+        sign(b"\x0b" * 20, 1, FLUSH_BYTES)  # another payee, default window
+        await trio.sleep(0.2)
+        assert outcomes.done == []  # 512 KiB of 8 MiB: lingering
+        sign(PAYEE, 2, flush_bytes_for(4 << 20))  # 1 MiB queued: this payee's threshold
+        with trio.fail_after(10):
+            while len(outcomes.done) < 2:
+                await trio.sleep(0.01)
+        assert [cumulative for cumulative, _ in outcomes.done] == [1, 2]
+        sign(b"\x0b" * 20, 3, FLUSH_BYTES)  # the small threshold left with its batch
+        await trio.sleep(0.2)
+        assert len(outcomes.done) == 2
+        nursery.cancel_scope.cancel()
+
+
+def test_flush_threshold_is_a_quarter_of_the_payees_window() -> None:
+    assert flush_bytes_for(0) == FLUSH_BYTES  # terms that do not say
+    assert flush_bytes_for(64 << 20) == FLUSH_BYTES  # capped by the queue's own
+    assert flush_bytes_for(16 << 20) == 4 << 20
+    assert flush_bytes_for(2) == 1  # every voucher at once, never "never"
 
 
 async def test_flush_cuts_the_linger_short(ledger: VoucherLedger) -> None:

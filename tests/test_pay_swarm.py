@@ -137,6 +137,58 @@ async def test_every_byte_from_a_paid_seeder_is_paid_for_exactly(tmp_path: Path)
         assert not [e for e in seeder_events if isinstance(e, PaymentRefused)]
 
 
+async def test_the_payer_learns_the_seeders_credit_window_from_its_terms(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The window travels in the handshake, so the payer sends vouchers often enough for it
+    (a quarter of it at the latest) instead of holding 8 MiB of them while the seeder waits."""
+    import thetadist.net.payments as payments_module
+
+    asked: list[int] = []
+    real = payments_module.flush_bytes_for
+
+    def recording(window: int) -> int:
+        asked.append(window)
+        return real(window)
+
+    monkeypatch.setattr(payments_module, "flush_bytes_for", recording)
+    pools: dict[bytes, Pool] = {}
+    with (
+        VoucherLedger(tmp_path / "seeder.sqlite") as seeder_ledger,
+        VoucherLedger(tmp_path / "fetcher.sqlite") as fetcher_ledger,
+    ):
+        payer = payer_for(fetcher_ledger, deposit=10**18)
+        pools[payer.signer.address] = Pool(deposit=10**18)
+        payee = payee_for(seeder_ledger, pools, credit_window=3 << 20)
+        assert payee.terms.credit_window == 3 << 20
+        result, _, fetcher_events = await run_pair(tmp_path, payee, payer)
+    assert asked == [3 << 20]  # one paying connection, the seeder's own window
+    assert result.bytes_from_peers_total > 0
+    assert any(isinstance(e, VoucherSigned) for e in fetcher_events)
+
+
+async def test_a_voucher_arriving_while_the_seeder_waits_is_verified_at_once(
+    tmp_path: Path,
+) -> None:
+    """With a small window the seeder keeps waiting for credit; each voucher that arrives then
+    is what it waits for, so it must not sit out the verification queue's linger (made a
+    minute long here: the transfer would take hours)."""
+    from thetadist.net.voucher_queue import VoucherQueue
+
+    pools: dict[bytes, Pool] = {}
+    with (
+        VoucherLedger(tmp_path / "seeder.sqlite") as seeder_ledger,
+        VoucherLedger(tmp_path / "fetcher.sqlite") as fetcher_ledger,
+    ):
+        payer = payer_for(fetcher_ledger, deposit=10**18)
+        pools[payer.signer.address] = Pool(deposit=10**18)
+        payee = payee_for(seeder_ledger, pools, credit_window=256 << 10)
+        payee.queue = VoucherQueue(seeder_ledger, linger=60)
+        result, seeder_events, _ = await run_pair(tmp_path, payee, payer, timeout=45)
+    assert result.bytes_from_peers_total > 0
+    assert not [e for e in seeder_events if isinstance(e, PaymentRefused)]
+
+
 async def test_a_slow_chain_never_holds_up_uploads_the_credit_window_covers(
     tmp_path: Path,
 ) -> None:

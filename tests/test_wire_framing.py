@@ -45,6 +45,7 @@ payment_terms = st.builds(
     price_per_mib_wei=st.integers(0, 2**256 - 1),
     chain_id=st.integers(0, 2**64 - 1),
     contract=st.binary(min_size=20, max_size=20),
+    credit_window=st.integers(0, 2**64 - 1),
 )
 handshakes = st.builds(
     Handshake,
@@ -222,6 +223,16 @@ def test_malformed_bodies_are_the_peers_fault(kind: int, body: bytes, complaint:
             peer_id=bytes(20),
             payment_terms=PaymentTerms(bytes(20), -1, 1, bytes(20)),
         ),
+        Handshake(
+            manifest_id=bytes(32),
+            peer_id=bytes(20),
+            payment_terms=PaymentTerms(bytes(20), 1, 1, bytes(20), credit_window=-1),
+        ),
+        Handshake(
+            manifest_id=bytes(32),
+            peer_id=bytes(20),
+            payment_terms=PaymentTerms(bytes(20), 1, 1, bytes(20), credit_window=2**64),
+        ),
         Have(-1),
         Request(2**32, 0, 1),
         Piece(0, 0, -1, b"data"),
@@ -240,10 +251,40 @@ def test_handshake_frame_bound_covers_the_largest_handshake() -> None:
     largest = Handshake(
         manifest_id=bytes(32),
         peer_id=bytes(32),
-        payment_terms=PaymentTerms(bytes(20), 2**256 - 1, 2**64 - 1, bytes(20)),
+        payment_terms=PaymentTerms(bytes(20), 2**256 - 1, 2**64 - 1, bytes(20), 2**64 - 1),
         extensions=bytes(MAX_HANDSHAKE_EXTENSIONS_SIZE),
     )
     assert len(encode_message(largest)) == MAX_HANDSHAKE_FRAME
+
+
+def _with_terms_of(handshake: Handshake, terms: bytes) -> bytes:
+    """``handshake`` encoded with its payment terms replaced by ``terms`` (any size)."""
+    assert handshake.payment_terms is not None and not handshake.extensions
+    body = encode_message(handshake)[5:]
+    # magic+version 10, ids 33, peer id 20, settings 16, then the u16 terms size
+    head = body[: 10 + 33 + 20 + 16]
+    return frame(MessageType.HANDSHAKE, head + struct.pack(">H", len(terms)) + terms + b"\0\0")
+
+
+def test_terms_without_a_credit_window_are_still_understood() -> None:
+    """80-byte terms (as first defined, before the credit window) decode with a window of 0."""
+    terms = PaymentTerms(b"\x01" * 20, 10**12, 31337, b"\x02" * 20, credit_window=64 << 20)
+    handshake = Handshake(manifest_id=bytes(32), peer_id=bytes(20), payment_terms=terms)
+    price = (10**12).to_bytes(32, "big")
+    legacy = struct.pack(">20s32sQ20s", terms.payee, price, 31337, terms.contract)
+    decoded = decode_one(_with_terms_of(handshake, legacy))
+    assert isinstance(decoded, Handshake)
+    assert decoded.payment_terms == PaymentTerms(terms.payee, 10**12, 31337, terms.contract)
+    assert decoded.payment_terms.credit_window == 0
+    assert decode_one(encode_message(handshake)) == handshake  # the current form keeps it
+
+
+@pytest.mark.parametrize("size", [1, 79, 81, 87, 89])
+def test_terms_of_any_other_size_are_refused(size: int) -> None:
+    terms = PaymentTerms(b"\x01" * 20, 1, 1, b"\x02" * 20)
+    handshake = Handshake(manifest_id=bytes(32), peer_id=bytes(20), payment_terms=terms)
+    with pytest.raises(RemoteProtocolError, match=f"payment terms of {size} bytes"):
+        decode_one(_with_terms_of(handshake, bytes(size)))
 
 
 def test_bitfield_helpers_agree_with_the_bit_order() -> None:

@@ -43,7 +43,7 @@ from thetadist.events import (
     VoucherReceived,
     VoucherSigned,
 )
-from thetadist.net.voucher_queue import VoucherQueue
+from thetadist.net.voucher_queue import VoucherQueue, flush_bytes_for
 from thetadist.pay.accounts import (
     DEFAULT_CREDIT_WINDOW,
     DEFAULT_POOL_REFRESH,
@@ -102,7 +102,11 @@ class Payee:
     @property
     def terms(self) -> PaymentTerms:
         return PaymentTerms(
-            self.address, self.price_per_mib, self.domain.chain_id, self.domain.contract
+            self.address,
+            self.price_per_mib,
+            self.domain.chain_id,
+            self.domain.contract,
+            credit_window=self.credit_window,
         )
 
     async def pool(self, payer: bytes) -> tuple[PoolView, float] | None:
@@ -237,6 +241,8 @@ class PayerLink:
         self.session = session
         self.emit = emit
         self.payee = terms.payee
+        #: Vouchers go out at least this often (in bytes paid), so the payee never waits long.
+        self.flush_bytes = flush_bytes_for(terms.credit_window)
         self.accounts = PayerSession(
             payer.signer,
             terms.payee,
@@ -273,6 +279,7 @@ class PayerLink:
             nbytes=nbytes,
             done=partial(self._send, piece, nbytes),
             failed=self._stop,
+            flush_bytes=self.flush_bytes,
         )
 
     def _send(self, piece: int, nbytes: int, signed: SignedVoucher, step: int) -> None:
@@ -307,6 +314,8 @@ class PayeeLink:
         self._changed = trio.Event()
         self._pool_reading = False
         self._peer_pays: bool | None = None
+        #: An upload is parked until a voucher (or a pool read) clears it.
+        self._waiting = False
 
     @property
     def peer_pays(self) -> bool:
@@ -337,8 +346,12 @@ class PayeeLink:
                 raise PaymentStopped(f"refused: {decision.reason}")
             self.payee.queue.flush()  # a voucher we hold may be what clears it
             self._changed = trio.Event()
-            with trio.move_on_after(RECHECK):
-                await self._changed.wait()
+            self._waiting = True  # and so may one that arrives meanwhile: see on_voucher
+            try:
+                with trio.move_on_after(RECHECK):
+                    await self._changed.wait()
+            finally:
+                self._waiting = False
 
     async def _refresh_pool(self) -> None:
         try:
@@ -372,7 +385,12 @@ class PayeeLink:
                 redeemed=ledger.redeemed(domain, signed.payer, self.payee.address, signed.epoch),
             )
         accounts.accept(signed, check_signature=False)  # a replay or lower voucher raises
-        self.payee.queue.verify(domain, signed, done=self._count, failed=self._refuse)
+        queue = self.payee.queue
+        queue.verify(domain, signed, done=self._count, failed=self._refuse)
+        if self._waiting:
+            # An upload waits for credit: verify now, not after the queue's linger (with a
+            # small window that linger was most of the time the seeder spent).
+            queue.flush()
 
     def _count(self, signed: SignedVoucher, step: int) -> None:
         self.accounts.credit(signed)

@@ -41,7 +41,8 @@ from thetadist.pay.voucher import Domain, SignedVoucher, Voucher, VoucherSigner,
 #: batches of 10 or more.
 LINGER = 0.025
 #: A batch goes at once when its vouchers pay for this many bytes: a payer's signed-but-unsent
-#: vouchers are credit its payee extends meanwhile (a payee's window is 64 MiB by default).
+#: vouchers are credit its payee extends meanwhile (a payee's window is 64 MiB by default;
+#: a smaller one lowers this, see :func:`flush_bytes_for`).
 FLUSH_BYTES = 8 * 1024 * 1024
 #: Jobs per batch (one ledger transaction): a full batch holds the event loop ~5 ms.
 MAX_BATCH = 64
@@ -50,6 +51,20 @@ CHECKPOINT_EVERY = 256
 
 Done = Callable[[SignedVoucher, int], None]
 Failed = Callable[[InvalidTicket | StoreError], None]
+
+
+def flush_bytes_for(credit_window: int) -> int:
+    """How many bytes of a payer's queued vouchers start their batch at once, for a payee that
+    serves ``credit_window`` bytes ahead of payment (0: it did not say).
+
+    A quarter of the window: the rest has to cover what is in flight meanwhile (the payee's
+    outbox, both socket buffers, the pieces being hashed) and the payee's own batch.  Held
+    longer, the vouchers are what the payee waits for: with an 8 MiB window and 8 MiB batches a
+    1 GiB transfer took 7.9 s instead of 2.0 s.
+    """
+    if credit_window <= 0:
+        return FLUSH_BYTES
+    return max(1, min(FLUSH_BYTES, credit_window // 4))
 
 
 @dataclass(slots=True, eq=False)
@@ -70,6 +85,8 @@ class VoucherJob:
     signed: SignedVoucher | None = None
     piece: int | None = None
     nbytes: int = 0
+    #: Start the batch as soon as the queued vouchers pay for this many bytes.
+    flush_bytes: int = FLUSH_BYTES
     outcome: int | InvalidTicket | StoreError | None = None
 
 
@@ -84,6 +101,7 @@ class VoucherQueue:
         self.flush_bytes = flush_bytes
         self._pending: list[VoucherJob] = []
         self._pending_bytes = 0
+        self._flush_at = flush_bytes  # the lowest flush_bytes of the pending jobs
         self._wakeup = trio.Event()
         self._urgent = trio.Event()
         self._in_flight = False
@@ -99,8 +117,10 @@ class VoucherQueue:
         nbytes: int,
         done: Done,
         failed: Failed,
+        flush_bytes: int = FLUSH_BYTES,
     ) -> None:
-        """Sign ``voucher`` and record it (Role.SIGNED); ``done`` sends it."""
+        """Sign ``voucher`` and record it (Role.SIGNED); ``done`` sends it.  The batch starts
+        at once when the queued vouchers pay for ``flush_bytes`` (or the queue's own limit)."""
         self._submit(
             VoucherJob(
                 Role.SIGNED,
@@ -111,6 +131,7 @@ class VoucherQueue:
                 signer=signer,
                 piece=piece,
                 nbytes=nbytes,
+                flush_bytes=flush_bytes,
             )
         )
 
@@ -121,8 +142,9 @@ class VoucherQueue:
     def _submit(self, job: VoucherJob) -> None:
         self._pending.append(job)
         self._pending_bytes += job.nbytes
+        self._flush_at = min(self._flush_at, job.flush_bytes)
         self._wakeup.set()
-        if self._pending_bytes >= self.flush_bytes or len(self._pending) >= MAX_BATCH:
+        if self._pending_bytes >= self._flush_at or len(self._pending) >= MAX_BATCH:
             self._urgent.set()
 
     def flush(self) -> None:
@@ -199,8 +221,13 @@ class VoucherQueue:
     def _take(self) -> list[VoucherJob]:
         batch = self._pending[:MAX_BATCH]
         del self._pending[:MAX_BATCH]
-        self._pending_bytes = sum(job.nbytes for job in self._pending)
+        self._recount()
         return batch
+
+    def _recount(self) -> None:
+        pending = self._pending
+        self._pending_bytes = sum(job.nbytes for job in pending)
+        self._flush_at = min([self.flush_bytes, *(job.flush_bytes for job in pending)])
 
     def _process(self, batch: list[VoucherJob]) -> None:
         """Sign or verify each job, then record the good ones together."""
@@ -230,8 +257,9 @@ class VoucherQueue:
 
     def _deliver(self, batch: list[VoucherJob]) -> None:
         unprocessed = [job for job in batch if job.outcome is None]
-        self._pending[:0] = unprocessed
-        self._pending_bytes += sum(job.nbytes for job in unprocessed)
+        if unprocessed:
+            self._pending[:0] = unprocessed
+            self._recount()
         for job in batch:
             outcome = job.outcome
             if outcome is None:

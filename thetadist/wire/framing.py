@@ -73,7 +73,9 @@ _PIECE_HEADER = struct.Struct(">IBIII")
 _MAGIC_AND_VERSION = struct.Struct(">8sH")
 _HANDSHAKE_IDS = struct.Struct(">32sB")
 _HANDSHAKE_SETTINGS = struct.Struct(">HQIH")
-_PAYMENT_TERMS = struct.Struct(">20s32sQ20s")
+_PAYMENT_TERMS = struct.Struct(">20s32sQ20sQ")
+#: The terms as first defined, without the credit window: still accepted.
+_PAYMENT_TERMS_WITHOUT_WINDOW = struct.Struct(">20s32sQ20s")
 
 assert _PIECE_HEADER.size == PIECE_FRAME_OVERHEAD
 assert _HANDSHAKE_IDS.size == MANIFEST_ID_SIZE + 1
@@ -113,7 +115,9 @@ def _encode_payment_terms(terms: PaymentTerms) -> bytes:
     if len(terms.payee) != ADDRESS_SIZE or len(terms.contract) != ADDRESS_SIZE:
         raise LocalProtocolError(f"payee and contract must be {ADDRESS_SIZE}-byte addresses")
     price = terms.price_per_mib_wei.to_bytes(32, "big")
-    return _PAYMENT_TERMS.pack(terms.payee, price, terms.chain_id, terms.contract)
+    return _PAYMENT_TERMS.pack(
+        terms.payee, price, terms.chain_id, terms.contract, terms.credit_window
+    )
 
 
 def _encode_handshake(handshake: Handshake) -> bytes:
@@ -269,7 +273,12 @@ def _decode_handshake(body: memoryview) -> Handshake:
     (terms_size,) = reader.unpack(_U16)
     payment_terms: PaymentTerms | None = None
     if terms_size == _PAYMENT_TERMS.size:
-        payee, price, chain_id, contract = reader.unpack(_PAYMENT_TERMS)
+        payee, price, chain_id, contract, window = reader.unpack(_PAYMENT_TERMS)
+        payment_terms = PaymentTerms(
+            payee, int.from_bytes(price, "big"), chain_id, contract, window
+        )
+    elif terms_size == _PAYMENT_TERMS_WITHOUT_WINDOW.size:
+        payee, price, chain_id, contract = reader.unpack(_PAYMENT_TERMS_WITHOUT_WINDOW)
         payment_terms = PaymentTerms(payee, int.from_bytes(price, "big"), chain_id, contract)
     elif terms_size:
         raise RemoteProtocolError(f"handshake payment terms of {terms_size} bytes")
