@@ -87,6 +87,16 @@ def sys_busy_seconds() -> float:
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds a live process has used so far (/proc), None once reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_quiet(max_wait: float, threshold: float = 0.15, need: int = 2) -> float:
     """Wait (at most ``max_wait`` s) for ``need`` 1 s windows with < ``threshold`` cores busy.
 
@@ -387,6 +397,8 @@ def run_swarm(spec: SwarmSpec) -> dict[str, Any]:
         t0 = seeder.first(lambda r: r.get("event") == "listening")[0]
         result["seeder_ready_s"] = round(t0 - seeder.started, 3)
         busy0 = sys_busy_seconds()
+        # Each process's CPU inside the clock (start-up, imports and wallet unlock excluded).
+        cpu0 = {p.name: process_cpu_seconds(p.popen.pid) for p in procs}
 
         def all_done() -> bool:
             for proc in procs:
@@ -404,6 +416,10 @@ def run_swarm(spec: SwarmSpec) -> dict[str, Any]:
                 f"run timeout ({spec.run_timeout:.0f} s): {', '.join(missing)} not complete"
             )
         busy1 = sys_busy_seconds()
+        cpu1 = {p.name: process_cpu_seconds(p.popen.pid) for p in procs}
+        for proc in procs:  # one that exited already: its total from wait4
+            if cpu1[proc.name] is None:
+                cpu1[proc.name] = proc.cpu_s
         done_at = [_complete_at(f) or 0.0 for f in fetchers]
         wall = max(done_at) - t0
         result.update(
@@ -414,6 +430,11 @@ def run_swarm(spec: SwarmSpec) -> dict[str, Any]:
                 "MBps": round(spec.size / wall / 1e6, 1),
                 "aggregate_MBps": round(spec.fetchers * spec.size / wall / 1e6, 1),
                 "sys_busy_cores": round((busy1 - busy0) / max(wall, 1e-9), 2),
+                "cpu_in_clock_s": {
+                    name: round(end - start, 3)
+                    for name, start in cpu0.items()
+                    if start is not None and (end := cpu1.get(name)) is not None
+                },
             }
         )
 
