@@ -208,7 +208,8 @@ async def test_a_voucher_for_a_payee_with_a_small_window_goes_at_its_own_thresho
 
 
 def test_flush_threshold_is_a_quarter_of_the_payees_window() -> None:
-    assert flush_bytes_for(0) == FLUSH_BYTES  # terms that do not say
+    assert flush_bytes_for(None) == FLUSH_BYTES  # terms that do not say
+    assert flush_bytes_for(0) == 1  # stop-and-wait: every voucher at once
     assert flush_bytes_for(64 << 20) == FLUSH_BYTES  # capped by the queue's own
     assert flush_bytes_for(16 << 20) == 4 << 20
     assert flush_bytes_for(2) == 1  # every voucher at once, never "never"

@@ -45,7 +45,7 @@ payment_terms = st.builds(
     price_per_mib_wei=st.integers(0, 2**256 - 1),
     chain_id=st.integers(0, 2**64 - 1),
     contract=st.binary(min_size=20, max_size=20),
-    credit_window=st.integers(0, 2**64 - 1),
+    credit_window=st.none() | st.integers(0, 2**64 - 1),
 )
 handshakes = st.builds(
     Handshake,
@@ -267,7 +267,8 @@ def _with_terms_of(handshake: Handshake, terms: bytes) -> bytes:
 
 
 def test_terms_without_a_credit_window_are_still_understood() -> None:
-    """80-byte terms (as first defined, before the credit window) decode with a window of 0."""
+    """80-byte terms (as first defined, before the credit window) decode without a window, and
+    terms without one encode that way; a window of 0 (stop-and-wait) is a window."""
     terms = PaymentTerms(b"\x01" * 20, 10**12, 31337, b"\x02" * 20, credit_window=64 << 20)
     handshake = Handshake(manifest_id=bytes(32), peer_id=bytes(20), payment_terms=terms)
     price = (10**12).to_bytes(32, "big")
@@ -275,8 +276,15 @@ def test_terms_without_a_credit_window_are_still_understood() -> None:
     decoded = decode_one(_with_terms_of(handshake, legacy))
     assert isinstance(decoded, Handshake)
     assert decoded.payment_terms == PaymentTerms(terms.payee, 10**12, 31337, terms.contract)
-    assert decoded.payment_terms.credit_window == 0
+    assert decoded.payment_terms.credit_window is None
+    assert encode_message(decoded) == _with_terms_of(handshake, legacy)
     assert decode_one(encode_message(handshake)) == handshake  # the current form keeps it
+    stop_and_wait = Handshake(
+        manifest_id=bytes(32),
+        peer_id=bytes(20),
+        payment_terms=PaymentTerms(terms.payee, 1, 1, terms.contract, credit_window=0),
+    )
+    assert decode_one(encode_message(stop_and_wait)) == stop_and_wait
 
 
 @pytest.mark.parametrize("size", [1, 79, 81, 87, 89])

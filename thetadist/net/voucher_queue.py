@@ -53,16 +53,16 @@ Done = Callable[[SignedVoucher, int], None]
 Failed = Callable[[InvalidTicket | StoreError], None]
 
 
-def flush_bytes_for(credit_window: int) -> int:
+def flush_bytes_for(credit_window: int | None) -> int:
     """How many bytes of a payer's queued vouchers start their batch at once, for a payee that
-    serves ``credit_window`` bytes ahead of payment (0: it did not say).
+    serves ``credit_window`` bytes ahead of payment (None: it did not say).
 
     A quarter of the window: the rest has to cover what is in flight meanwhile (the payee's
     outbox, both socket buffers, the pieces being hashed) and the payee's own batch.  Held
     longer, the vouchers are what the payee waits for: with an 8 MiB window and 8 MiB batches a
     1 GiB transfer took 7.9 s instead of 2.0 s.
     """
-    if credit_window <= 0:
+    if credit_window is None:
         return FLUSH_BYTES
     return max(1, min(FLUSH_BYTES, credit_window // 4))
 

@@ -74,7 +74,7 @@ _MAGIC_AND_VERSION = struct.Struct(">8sH")
 _HANDSHAKE_IDS = struct.Struct(">32sB")
 _HANDSHAKE_SETTINGS = struct.Struct(">HQIH")
 _PAYMENT_TERMS = struct.Struct(">20s32sQ20sQ")
-#: The terms as first defined, without the credit window: still accepted.
+#: The terms as first defined, without the credit window (``credit_window`` None).
 _PAYMENT_TERMS_WITHOUT_WINDOW = struct.Struct(">20s32sQ20s")
 
 assert _PIECE_HEADER.size == PIECE_FRAME_OVERHEAD
@@ -115,9 +115,10 @@ def _encode_payment_terms(terms: PaymentTerms) -> bytes:
     if len(terms.payee) != ADDRESS_SIZE or len(terms.contract) != ADDRESS_SIZE:
         raise LocalProtocolError(f"payee and contract must be {ADDRESS_SIZE}-byte addresses")
     price = terms.price_per_mib_wei.to_bytes(32, "big")
-    return _PAYMENT_TERMS.pack(
-        terms.payee, price, terms.chain_id, terms.contract, terms.credit_window
-    )
+    fields = (terms.payee, price, terms.chain_id, terms.contract)
+    if terms.credit_window is None:
+        return _PAYMENT_TERMS_WITHOUT_WINDOW.pack(*fields)
+    return _PAYMENT_TERMS.pack(*fields, terms.credit_window)
 
 
 def _encode_handshake(handshake: Handshake) -> bytes:

@@ -85,7 +85,7 @@ class PaymentTerms:
     """What a seeder charges and where vouchers are redeemed (filled by the payments layer).
 
     ``credit_window``: how many bytes the seeder serves ahead of the vouchers that pay for
-    them (0: not stated, as in terms from before it was added), so that a payer sends its
+    them (None: not stated, as in terms from before it was added), so that a payer sends its
     vouchers soon enough not to leave the seeder waiting.
     """
 
@@ -93,7 +93,7 @@ class PaymentTerms:
     price_per_mib_wei: int
     chain_id: int
     contract: bytes
-    credit_window: int = 0
+    credit_window: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
