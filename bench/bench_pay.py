@@ -138,30 +138,23 @@ def bench_transfer(
             f"error: the chain credited {pool.earnings(addresses['seeder'])} wei to the "
             f"seeder, the paid runs served {expected} wei worth"
         )
-    cpu = {
-        name: {
-            process: round(
-                statistics.median(r["cpu_s"][process] for r in results if r.get("ok")), 2
-            )
-            for process in ("seeder", "fetch0")
+    def medians_per_process(key: str, digits: int) -> dict[str, dict[str, float]]:
+        return {
+            name: {
+                process: round(
+                    statistics.median(
+                        r[key][process] for r in results if r.get("ok") and process in r[key]
+                    ),
+                    digits,
+                )
+                for process in ("seeder", "fetch0")
+            }
+            for name, results in runs.items()
         }
-        for name, results in runs.items()
-    }
+
+    cpu = medians_per_process("cpu_s", 2)
     # Less noisy than the wall-time ratio: what the payments cost each process in CPU.
-    cpu_in_clock = {
-        name: {
-            process: round(
-                statistics.median(
-                    r["cpu_in_clock_s"][process]
-                    for r in results
-                    if r.get("ok") and process in r.get("cpu_in_clock_s", {})
-                ),
-                3,
-            )
-            for process in ("seeder", "fetch0")
-        }
-        for name, results in runs.items()
-    }
+    cpu_in_clock = medians_per_process("cpu_in_clock_s", 3)
     return {
         "size": size,
         "runs": {name: sorted(values) for name, values in walls.items()},

@@ -43,6 +43,30 @@ class Outcomes:
         self.failed.append(error)
 
 
+def sign(
+    queue: VoucherQueue,
+    signer: VoucherSigner,
+    outcomes: Outcomes,
+    amount: int,
+    *,
+    piece: int,
+    nbytes: int,
+    payee: bytes = PAYEE,
+    flush_bytes: int = FLUSH_BYTES,
+) -> None:
+    """Queue ``signer``'s voucher for a cumulative ``amount`` to ``payee``; ``outcomes`` gets
+    what the queue makes of it."""
+    queue.sign(
+        signer,
+        Voucher(signer.address, payee, 0, amount),
+        piece=piece,
+        nbytes=nbytes,
+        done=outcomes.on_done,
+        failed=outcomes.on_failed,
+        flush_bytes=flush_bytes,
+    )
+
+
 async def test_signed_vouchers_are_recorded_in_order_in_few_batches(
     ledger: VoucherLedger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -60,15 +84,7 @@ async def test_signed_vouchers_are_recorded_in_order_in_few_batches(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(queue.run)
         for step in range(1, 21):
-            voucher = Voucher(signer.address, PAYEE, 0, step * 100)
-            queue.sign(
-                signer,
-                voucher,
-                piece=step,
-                nbytes=1 << 20,
-                done=outcomes.on_done,
-                failed=outcomes.on_failed,
-            )
+            sign(queue, signer, outcomes, step * 100, piece=step, nbytes=1 << 20)
         while not queue.idle:
             await trio.sleep(0.01)
         nursery.cancel_scope.cancel()
@@ -104,14 +120,7 @@ async def test_an_unwritable_ledger_fails_every_job_and_acts_on_none(
     outcomes = Outcomes(ledger, Role.SIGNED)
     ledger.close()
     for amount in (1, 2):
-        queue.sign(
-            signer,
-            Voucher(signer.address, PAYEE, 0, amount),
-            piece=0,
-            nbytes=1,
-            done=outcomes.on_done,
-            failed=outcomes.on_failed,
-        )
+        sign(queue, signer, outcomes, amount, piece=0, nbytes=1)
     await queue.settle()
     assert outcomes.done == []
     assert [type(error) for error in outcomes.failed] == [StoreError, StoreError]
@@ -147,22 +156,11 @@ async def test_a_batch_paying_for_flush_bytes_goes_without_lingering(
     outcomes = Outcomes(ledger, Role.SIGNED)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(queue.run)
-
-        def sign(amount: int) -> None:
-            queue.sign(
-                signer,
-                Voucher(signer.address, PAYEE, 0, amount),
-                piece=amount,
-                nbytes=1 << 20,
-                done=outcomes.on_done,
-                failed=outcomes.on_failed,
-            )
-
-        sign(1)
-        sign(2)
+        for amount in (1, 2):
+            sign(queue, signer, outcomes, amount, piece=amount, nbytes=1 << 20)
         await trio.sleep(0.2)
         assert outcomes.done == []  # 2 MiB: still lingering
-        sign(3)
+        sign(queue, signer, outcomes, 3, piece=3, nbytes=1 << 20)
         with trio.fail_after(10):
             while len(outcomes.done) < 3:
                 await trio.sleep(0.01)
@@ -181,27 +179,19 @@ async def test_a_voucher_for_a_payee_with_a_small_window_goes_at_its_own_thresho
     outcomes = Outcomes(ledger, Role.SIGNED)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(queue.run)
-
-        def sign(payee: bytes, amount: int, flush_bytes: int) -> None:
-            queue.sign(
-                signer,
-                Voucher(signer.address, payee, 0, amount),
-                piece=amount,
-                nbytes=512 << 10,
-                done=outcomes.on_done,
-                failed=outcomes.on_failed,
-                flush_bytes=flush_bytes,
-            )
-
-        sign(b"\x0b" * 20, 1, FLUSH_BYTES)  # another payee, default window
+        other = b"\x0b" * 20
+        half_mib = 512 << 10
+        sign(queue, signer, outcomes, 1, piece=1, nbytes=half_mib, payee=other)  # default window
         await trio.sleep(0.2)
         assert outcomes.done == []  # 512 KiB of 8 MiB: lingering
-        sign(PAYEE, 2, flush_bytes_for(4 << 20))  # 1 MiB queued: this payee's threshold
+        threshold = flush_bytes_for(4 << 20)  # 1 MiB, queued with this one
+        sign(queue, signer, outcomes, 2, piece=2, nbytes=half_mib, flush_bytes=threshold)
         with trio.fail_after(10):
             while len(outcomes.done) < 2:
                 await trio.sleep(0.01)
         assert [cumulative for cumulative, _ in outcomes.done] == [1, 2]
-        sign(b"\x0b" * 20, 3, FLUSH_BYTES)  # the small threshold left with its batch
+        # the small threshold left with its batch
+        sign(queue, signer, outcomes, 3, piece=3, nbytes=half_mib, payee=other)
         await trio.sleep(0.2)
         assert len(outcomes.done) == 2
         nursery.cancel_scope.cancel()
@@ -241,14 +231,7 @@ async def _sign_in_batches(queue: VoucherQueue, ledger: VoucherLedger, batches: 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(queue.run)
         for amount in range(1, batches + 1):
-            queue.sign(
-                signer,
-                Voucher(signer.address, PAYEE, 0, amount),
-                piece=amount,
-                nbytes=1,
-                done=outcomes.on_done,
-                failed=outcomes.on_failed,
-            )
+            sign(queue, signer, outcomes, amount, piece=amount, nbytes=1)
             with trio.fail_after(10):
                 while len(outcomes.done) < amount:
                     await trio.sleep(0.001)
@@ -309,14 +292,7 @@ async def test_a_running_queue_on_a_broken_ledger_fails_the_jobs_not_the_node(
     ledger.close()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(queue.run)
-        queue.sign(
-            signer,
-            Voucher(signer.address, PAYEE, 0, 1),
-            piece=0,
-            nbytes=1,
-            done=outcomes.on_done,
-            failed=outcomes.on_failed,
-        )
+        sign(queue, signer, outcomes, 1, piece=0, nbytes=1)
         with trio.fail_after(10):
             while not outcomes.failed:
                 await trio.sleep(0.001)

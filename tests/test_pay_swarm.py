@@ -4,6 +4,8 @@ chain is a stand-in pool table here (tests/test_pay_e2e.py runs the same against
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -43,6 +45,23 @@ def payee_for(ledger: VoucherLedger, pools: dict[bytes, Pool], **kwargs: float) 
 
     address = address_of(PrivateKey(os.urandom(32)).public_key)
     return Payee(ledger, DOMAIN, address, PRICE, pools.__getitem__, **kwargs)
+
+
+@contextmanager
+def funded_pair(
+    tmp_path: Path, **payee_options: float
+) -> Iterator[tuple[Payer, Payee, VoucherLedger, VoucherLedger]]:
+    """A payer with a big deposit and a payee that reads it, each with its own ledger:
+    ``(payer, payee, fetcher_ledger, seeder_ledger)``."""
+    pools: dict[bytes, Pool] = {}
+    with (
+        VoucherLedger(tmp_path / "seeder.sqlite") as seeder_ledger,
+        VoucherLedger(tmp_path / "fetcher.sqlite") as fetcher_ledger,
+    ):
+        payer = payer_for(fetcher_ledger, deposit=10**18)
+        pools[payer.signer.address] = Pool(deposit=10**18)
+        payee = payee_for(seeder_ledger, pools, **payee_options)
+        yield payer, payee, fetcher_ledger, seeder_ledger
 
 
 async def run_pair(
@@ -109,15 +128,13 @@ async def run_pair(
 
 
 async def test_every_byte_from_a_paid_seeder_is_paid_for_exactly(tmp_path: Path) -> None:
-    pools: dict[bytes, Pool] = {}
-    with (
-        VoucherLedger(tmp_path / "seeder.sqlite") as seeder_ledger,
-        VoucherLedger(tmp_path / "fetcher.sqlite") as fetcher_ledger,
+    # A small credit window makes the seeder wait on vouchers and read the pool.
+    with funded_pair(tmp_path, credit_window=2 << 20) as (
+        payer,
+        payee,
+        fetcher_ledger,
+        seeder_ledger,
     ):
-        payer = payer_for(fetcher_ledger, deposit=10**18)
-        pools[payer.signer.address] = Pool(deposit=10**18)
-        # A small credit window makes the seeder wait on vouchers and read the pool.
-        payee = payee_for(seeder_ledger, pools, credit_window=2 << 20)
         result, seeder_events, fetcher_events = await run_pair(tmp_path, payee, payer)
         downloaded = result.bytes_from_peers_total
         assert downloaded > 0
@@ -152,14 +169,7 @@ async def test_the_payer_learns_the_seeders_credit_window_from_its_terms(
         return real(window)
 
     monkeypatch.setattr(payments_module, "flush_bytes_for", recording)
-    pools: dict[bytes, Pool] = {}
-    with (
-        VoucherLedger(tmp_path / "seeder.sqlite") as seeder_ledger,
-        VoucherLedger(tmp_path / "fetcher.sqlite") as fetcher_ledger,
-    ):
-        payer = payer_for(fetcher_ledger, deposit=10**18)
-        pools[payer.signer.address] = Pool(deposit=10**18)
-        payee = payee_for(seeder_ledger, pools, credit_window=3 << 20)
+    with funded_pair(tmp_path, credit_window=3 << 20) as (payer, payee, _, _):
         assert payee.terms.credit_window == 3 << 20
         result, _, fetcher_events = await run_pair(tmp_path, payee, payer)
     assert asked == [3 << 20]  # one paying connection, the seeder's own window
@@ -175,14 +185,7 @@ async def test_a_voucher_arriving_while_the_seeder_waits_is_verified_at_once(
     minute long here: the transfer would take hours)."""
     from thetadist.net.voucher_queue import VoucherQueue
 
-    pools: dict[bytes, Pool] = {}
-    with (
-        VoucherLedger(tmp_path / "seeder.sqlite") as seeder_ledger,
-        VoucherLedger(tmp_path / "fetcher.sqlite") as fetcher_ledger,
-    ):
-        payer = payer_for(fetcher_ledger, deposit=10**18)
-        pools[payer.signer.address] = Pool(deposit=10**18)
-        payee = payee_for(seeder_ledger, pools, credit_window=256 << 10)
+    with funded_pair(tmp_path, credit_window=256 << 10) as (payer, payee, _, seeder_ledger):
         payee.queue = VoucherQueue(seeder_ledger, linger=60)
         result, seeder_events, _ = await run_pair(tmp_path, payee, payer, timeout=45)
     assert result.bytes_from_peers_total > 0

@@ -76,6 +76,7 @@ _HANDSHAKE_SETTINGS = struct.Struct(">HQIH")
 _PAYMENT_TERMS = struct.Struct(">20s32sQ20sQ")
 #: The terms as first defined, without the credit window (``credit_window`` None).
 _PAYMENT_TERMS_WITHOUT_WINDOW = struct.Struct(">20s32sQ20s")
+_TERMS_LAYOUTS = {layout.size: layout for layout in (_PAYMENT_TERMS, _PAYMENT_TERMS_WITHOUT_WINDOW)}
 
 assert _PIECE_HEADER.size == PIECE_FRAME_OVERHEAD
 assert _HANDSHAKE_IDS.size == MANIFEST_ID_SIZE + 1
@@ -273,14 +274,11 @@ def _decode_handshake(body: memoryview) -> Handshake:
     )
     (terms_size,) = reader.unpack(_U16)
     payment_terms: PaymentTerms | None = None
-    if terms_size == _PAYMENT_TERMS.size:
-        payee, price, chain_id, contract, window = reader.unpack(_PAYMENT_TERMS)
+    if terms_size in _TERMS_LAYOUTS:
+        payee, price, chain_id, contract, *window = reader.unpack(_TERMS_LAYOUTS[terms_size])
         payment_terms = PaymentTerms(
-            payee, int.from_bytes(price, "big"), chain_id, contract, window
+            payee, int.from_bytes(price, "big"), chain_id, contract, *window
         )
-    elif terms_size == _PAYMENT_TERMS_WITHOUT_WINDOW.size:
-        payee, price, chain_id, contract = reader.unpack(_PAYMENT_TERMS_WITHOUT_WINDOW)
-        payment_terms = PaymentTerms(payee, int.from_bytes(price, "big"), chain_id, contract)
     elif terms_size:
         raise RemoteProtocolError(f"handshake payment terms of {terms_size} bytes")
     (extensions_size,) = reader.unpack(_U16)
