@@ -741,3 +741,30 @@ def test_any_voucher_sequence_pays_the_max_cumulative_bounded_by_the_deposit(
         if owed <= deposit:
             assert pool.earnings(payee) == best.get(who, 0)
             assert pool.claimed(payer.address, payee, 0) == best.get(who, 0)
+
+
+# -- the payee's side of redemption ---------------------------------------------------------
+
+
+def test_a_ledger_head_with_the_other_v_is_redeemed_with_the_right_one(
+    pool: TicketPool, operator: LocalAccount, tmp_path
+) -> None:
+    """A payee checks most vouchers against the payer's known key, which ignores v; should
+    such a voucher become the head, redemption restores the v the contract recovers with."""
+    from thetadist.pay.ledger import Role, VoucherLedger
+    from thetadist.pay.redeem import redeem_vouchers
+    from thetadist.pay.roles import domain_of
+    from thetadist.pay.voucher import SignedVoucher, Voucher, VoucherSigner
+
+    payer, payee = payer_with_pool(pool, operator), Account.create()
+    domain = domain_of(pool)
+    signer = VoucherSigner(bytes(payer.key), domain)
+    signed = signer.sign(Voucher(signer.address, bytes.fromhex(payee.address[2:]), 0, 1234))
+    other_v = SignedVoucher(
+        signed.voucher, signed.signature[:64] + bytes((55 - signed.signature[64],))
+    )
+    with VoucherLedger(tmp_path / "vouchers.sqlite") as ledger:
+        ledger.record(Role.RECEIVED, domain, other_v)
+        report = redeem_vouchers(pool, ledger, operator, payee=other_v.payee)
+    assert report.paid_wei == 1234 and report.rejected == 0
+    assert pool.earnings(payee.address) == 1234

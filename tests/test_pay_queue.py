@@ -112,6 +112,30 @@ async def test_a_forged_or_replayed_voucher_fails_alone(ledger: VoucherLedger) -
     assert [e.cumulative for e in ledger.entries(limit=None)] == [30, 20, 10]
 
 
+async def test_a_payers_last_voucher_in_a_batch_must_recover_it(ledger: VoucherLedger) -> None:
+    """The others are checked against the payer's key, which does not look at v; the last
+    becomes the ledger's head, the voucher that is redeemed, so its v must be right."""
+    payer = VoucherSigner(os.urandom(32), DOMAIN)
+    good = [payer.sign(Voucher(payer.address, PAYEE, 0, amount)) for amount in (10, 20, 30, 40)]
+
+    def other_v(signed: SignedVoucher) -> SignedVoucher:
+        return SignedVoucher(
+            signed.voucher, signed.signature[:64] + bytes((55 - signed.signature[64],))
+        )
+
+    queue = VoucherQueue(ledger)
+    outcomes = Outcomes(ledger, Role.RECEIVED)
+    for signed in (good[0], other_v(good[1]), good[2]):
+        queue.verify(DOMAIN, signed, done=outcomes.on_done, failed=outcomes.on_failed)
+    await queue.settle()
+    assert outcomes.done == [(10, 10), (20, 10), (30, 10)] and not outcomes.failed
+    queue.verify(DOMAIN, other_v(good[3]), done=outcomes.on_done, failed=outcomes.on_failed)
+    await queue.settle()
+    assert len(outcomes.done) == 3
+    assert len(outcomes.failed) == 1 and "recovers to" in str(outcomes.failed[0])
+    assert ledger.latest(Role.RECEIVED, DOMAIN, payer.address, PAYEE, 0) == good[2]
+
+
 async def test_an_unwritable_ledger_fails_every_job_and_acts_on_none(
     ledger: VoucherLedger,
 ) -> None:

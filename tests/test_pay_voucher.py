@@ -21,12 +21,14 @@ from thetadist.pay.voucher import (
     SECP256K1_N,
     WIRE_SIZE,
     Domain,
+    PayerKeys,
     SignedVoucher,
     Voucher,
     VoucherSigner,
     keccak256,
     recover_signer,
     verify,
+    with_recovering_v,
 )
 from thetadist.wire.messages import MAX_VOUCHER_SIZE
 
@@ -302,3 +304,123 @@ def test_decode_rejects_unknown_format_and_sizes() -> None:
         with pytest.raises(InvalidTicket, match="146 bytes"):
             SignedVoucher.decode(data)
     verify(SignedVoucher.decode(encoded), DOMAIN)
+
+
+# -- checking against a payer's known key --------------------------------------------------
+
+
+def with_other_v(signed: SignedVoucher) -> SignedVoucher:
+    return with_signature(signed, signed.signature[:64] + bytes((55 - signed.signature[64],)))
+
+
+def test_payer_keys_recover_a_stranger_then_check_against_its_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    recoveries = []
+    recover = voucher_module._recover
+    monkeypatch.setattr(
+        voucher_module, "_recover", lambda *args: recoveries.append(1) or recover(*args)
+    )
+    keys = PayerKeys()
+    keys.verify(signed_by(cumulative=1), DOMAIN, recover=False)  # a stranger: recovered
+    for cumulative in range(2, 6):
+        keys.verify(signed_by(cumulative=cumulative), DOMAIN, recover=False)
+    assert len(recoveries) == 1
+    keys.verify(signed_by(cumulative=6), DOMAIN)  # asked to: recovered again
+    assert len(recoveries) == 2
+
+
+def known_keys() -> PayerKeys:
+    keys = PayerKeys()
+    keys.verify(signed_by(cumulative=1), DOMAIN)
+    return keys
+
+
+@pytest.mark.parametrize("field", ["payee", "epoch", "cumulative"])
+def test_the_known_key_refuses_tampering(field: str) -> None:
+    signed = signed_by()
+    fields = {
+        "payer": signed.payer,
+        "payee": signed.payee,
+        "epoch": signed.epoch,
+        "cumulative": signed.cumulative,
+    }
+    fields[field] = {"payee": bytes(20), "epoch": 8, "cumulative": signed.cumulative + 1}[field]
+    with pytest.raises(InvalidTicket, match="not signed by that payer"):
+        known_keys().verify(
+            SignedVoucher(Voucher(**fields), signed.signature), DOMAIN, recover=False
+        )
+
+
+def test_the_known_key_refuses_other_domains_and_other_signers() -> None:
+    keys = known_keys()
+    with pytest.raises(InvalidTicket, match="not signed by that payer"):
+        keys.verify(signed_by(), Domain(1, CONTRACT), recover=False)
+    mallory = VoucherSigner(os.urandom(31) + b"\x01", DOMAIN)
+    forged = mallory.sign(Voucher(mallory.address, PAYEE, 7, 1))
+    claimed = SignedVoucher(Voucher(signed_by().payer, PAYEE, 7, 1), forged.signature)
+    with pytest.raises(InvalidTicket, match="not signed by that payer"):
+        keys.verify(claimed, DOMAIN, recover=False)
+
+
+@pytest.mark.parametrize(
+    ("signature", "reason"),
+    [
+        (lambda sig: sig[:64] + b"\x00", "v must be 27 or 28"),
+        (lambda sig: sig[:64] + b"\x01", "v must be 27 or 28"),
+        (lambda sig: sig[:32] + bytes(32) + sig[64:], "s out of range"),
+        (
+            lambda sig: (
+                sig[:32]
+                + (SECP256K1_N - int.from_bytes(sig[32:64], "big")).to_bytes(32, "big")
+                + bytes((55 - sig[64],))
+            ),
+            "high s",
+        ),
+        (lambda sig: SECP256K1_N.to_bytes(32, "big") + sig[32:], "r out of range"),
+    ],
+    ids=["v=0", "v=1", "s=0", "high-s twin", "r=n"],
+)
+def test_the_known_key_keeps_the_contracts_form_rules(signature, reason: str) -> None:
+    signed = signed_by()
+    with pytest.raises(InvalidTicket, match=reason):
+        known_keys().verify(
+            with_signature(signed, signature(signed.signature)), DOMAIN, recover=False
+        )
+
+
+def test_only_recovery_checks_v_and_redemption_restores_it() -> None:
+    keys = known_keys()
+    signed = signed_by()
+    other_v = with_other_v(signed)
+    keys.verify(other_v, DOMAIN, recover=False)  # (r, s) is the payer's: accepted
+    with pytest.raises(InvalidTicket, match="recovers to"):
+        keys.verify(other_v, DOMAIN)  # what the chain would do
+    assert with_recovering_v(other_v, DOMAIN) == signed
+    assert with_recovering_v(signed, DOMAIN) == signed
+    unfixable = SignedVoucher(Voucher(bytes(19) + b"\x01", PAYEE, 7, 1), signed.signature)
+    assert with_recovering_v(unfixable, DOMAIN) is unfixable  # the chain will reject it
+
+
+def test_payer_keys_forget_the_oldest_beyond_their_limit() -> None:
+    keys = PayerKeys(limit=2)
+    signers = [VoucherSigner(os.urandom(31) + b"\x01", DOMAIN) for _ in range(3)]
+    for signer in signers:
+        keys.verify(signer.sign(Voucher(signer.address, PAYEE, 0, 1)), DOMAIN)
+    first = signers[0]
+    other_v = with_other_v(first.sign(Voucher(first.address, PAYEE, 0, 2)))
+    with pytest.raises(InvalidTicket, match="recovers to"):  # forgotten: recovered again
+        keys.verify(other_v, DOMAIN, recover=False)
+    last = signers[2]
+    keys.verify(with_other_v(last.sign(Voucher(last.address, PAYEE, 0, 2))), DOMAIN, recover=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(signature=st.binary(min_size=65, max_size=65), cumulative=st.integers(0, MAX_UINT256))
+def test_the_known_key_on_random_signatures_raises_only_invalid_ticket(
+    signature: bytes, cumulative: int
+) -> None:
+    keys = known_keys()
+    signed = SignedVoucher(Voucher(signed_by().payer, PAYEE, 7, cumulative), signature)
+    with pytest.raises(InvalidTicket):
+        keys.verify(signed, DOMAIN, recover=False)

@@ -34,7 +34,7 @@ import trio
 
 from thetadist.errors import InvalidTicket, StoreError
 from thetadist.pay.ledger import Role, VoucherLedger, VoucherRecord
-from thetadist.pay.voucher import Domain, SignedVoucher, Voucher, VoucherSigner, verify
+from thetadist.pay.voucher import Domain, PayerKeys, SignedVoucher, Voucher, VoucherSigner
 
 #: How long the first job of a batch waits for others.  A batch's transaction and wake-up
 #: cost the same for 1 voucher or 16: at full speed (500+ vouchers a second) this makes
@@ -107,6 +107,8 @@ class VoucherQueue:
         self._in_flight = False
         self._landed = trio.Event()
         self._checkpointing = False
+        #: Payers' keys: a received voucher is checked against its payer's key once known.
+        self.payer_keys = PayerKeys()
 
     def sign(
         self,
@@ -233,6 +235,13 @@ class VoucherQueue:
         """Sign or verify each job, then record the good ones together."""
         records: list[VoucherRecord] = []
         recorded: list[VoucherJob] = []
+        # A payer's last voucher in the batch becomes its ledger head, the one redeemed: its
+        # v must recover the payer.  The others are checked against the payer's known key.
+        heads = {
+            (job.domain, job.signed.payer): job
+            for job in batch
+            if job.signed is not None and job.signer is None
+        }
         for job in batch:
             try:
                 if job.signer is not None:
@@ -240,7 +249,11 @@ class VoucherQueue:
                     job.signed = job.signer.sign(job.voucher)
                 else:
                     assert job.signed is not None
-                    verify(job.signed, job.domain)
+                    self.payer_keys.verify(
+                        job.signed,
+                        job.domain,
+                        recover=heads[(job.domain, job.signed.payer)] is job,
+                    )
             except InvalidTicket as exc:
                 job.outcome = exc
                 continue

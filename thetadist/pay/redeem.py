@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from thetadist.errors import UsageError
 from thetadist.pay.ledger import VoucherLedger
 from thetadist.pay.roles import domain_of
+from thetadist.pay.voucher import with_recovering_v
 
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
@@ -58,7 +59,8 @@ def redeem_vouchers(
     report = RedeemReport()
     for start in range(0, len(found), batch):
         group = found[start : start + batch]
-        vouchers = [item.voucher for item in group]
+        # a payee checked most vouchers against the payer's key, not their v: see PayerKeys
+        vouchers = [with_recovering_v(item.voucher, domain) for item in group]
         result = pool.redeem_batch(account, vouchers)
         ledger.mark_redeemed(domain, vouchers, bytes.fromhex(result.tx_hash[2:]), result.paid)
         report.vouchers += len(vouchers)
