@@ -255,7 +255,7 @@ def wait_for_vouchers(ledger: Path, count: int, proc: Proc, timeout: float = 60)
             sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=1)
         ) as db:
             (found,) = db.execute(
-                "SELECT count(*) FROM vouchers WHERE role='signed'"
+                "SELECT ifnull(sum(count), 0) FROM voucher_batches WHERE role='signed'"
             ).fetchone()
             if found >= count:
                 return
