@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -55,6 +56,22 @@ def log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def bootstrap_interval(rounds: list[tuple[float, float]], resamples: int = 2000) -> list[float]:
+    """90 % interval of paid ÷ free (ratio of medians) over rounds resampled with replacement.
+
+    On a shared 2-core machine one run's ratio moves by several per cent from run to run;
+    the interval says how far this run's figure can be trusted.  Seeded: reproducible."""
+    if len(rounds) < 2:
+        return []
+    chooser = random.Random(0)
+    ratios = sorted(
+        statistics.median(paid for paid, _ in sample)
+        / statistics.median(free for _, free in sample)
+        for sample in (chooser.choices(rounds, k=len(rounds)) for _ in range(resamples))
+    )
+    return [ratios[resamples // 20], ratios[resamples - 1 - resamples // 20]]
+
+
 def bench_transfer(
     workdir: Path, size: int, repeat: int, rpc: str, quiet_wait: float
 ) -> dict[str, Any]:
@@ -68,9 +85,7 @@ def bench_transfer(
     addresses = {}
     for name in ("seeder", "fetcher"):
         path = wallets / f"{name}.json"
-        addresses[name] = create_wallet(
-            path, PASSPHRASE, overwrite=True, work_factor=WORK_FACTOR
-        )
+        addresses[name] = create_wallet(path, PASSPHRASE, overwrite=True, work_factor=WORK_FACTOR)
         chain.faucet(addresses[name], 10**20)
     deposit = 2 * repeat * price_of(size, PRICE_PER_MIB) + 10**15
     pool.fund_for(operator, addresses["fetcher"], deposit=deposit, collateral=deposit)
@@ -116,9 +131,7 @@ def bench_transfer(
                 else result.get("error")
             )
             log(f"round {round_number + 1}/{repeat} {name}: {shown}")
-    walls = {
-        name: [r["wall_s"] for r in results if r.get("ok")] for name, results in runs.items()
-    }
+    walls = {name: [r["wall_s"] for r in results if r.get("ok")] for name, results in runs.items()}
     if not walls["free"] or not walls["paid"]:
         raise SystemExit("error: an arm had no good run; see the logs under " + str(workdir))
     medians = {name: statistics.median(values) for name, values in walls.items()}
@@ -129,6 +142,13 @@ def bench_transfer(
         for paid, free in zip(runs["paid"], runs["free"], strict=True)
         if paid.get("ok") and free.get("ok")
     ]
+    interval = bootstrap_interval(
+        [
+            (paid["wall_s"], free["wall_s"])
+            for paid, free in zip(runs["paid"], runs["free"], strict=True)
+            if paid.get("ok") and free.get("ok")
+        ]
+    )
     seeder_account = open_wallet(wallets / "seeder.json", passphrase=PASSPHRASE)
     with VoucherLedger(seeder_ledger) as ledger:
         report = redeem_vouchers(pool, ledger, seeder_account)
@@ -138,6 +158,7 @@ def bench_transfer(
             f"error: the chain credited {pool.earnings(addresses['seeder'])} wei to the "
             f"seeder, the paid runs served {expected} wei worth"
         )
+
     def medians_per_process(key: str, digits: int) -> dict[str, dict[str, float]]:
         return {
             name: {
@@ -164,6 +185,7 @@ def bench_transfer(
         "throughput_MBps": {name: round(size / m / 1e6, 1) for name, m in medians.items()},
         "paid_over_free": round(slowdown, 3),
         "paid_over_free_by_round": [round(ratio, 3) for ratio in paired],
+        "paid_over_free_interval_90": [round(bound, 3) for bound in interval],
         "target": TARGET_SLOWDOWN,
         "met": slowdown <= TARGET_SLOWDOWN,
         "redeemed_wei": report.paid_wei,
@@ -228,6 +250,12 @@ def main() -> None:
                     + " ".join(f"{ratio:.3f}" for ratio in by_round)
                     + f" (median {statistics.median(by_round):.3f})"
                 )
+                interval = transfer["paid_over_free_interval_90"]
+                if interval:
+                    log(
+                        "  paid ÷ free, 90 % bootstrap interval over the rounds: "
+                        f"{interval[0]:.3f}–{interval[1]:.3f}"
+                    )
     print(json.dumps(report, indent=2))
 
 
