@@ -134,6 +134,12 @@ async def test_a_payers_last_voucher_in_a_batch_must_recover_it(ledger: VoucherL
     assert len(outcomes.done) == 3
     assert len(outcomes.failed) == 1 and "recovers to" in str(outcomes.failed[0])
     assert ledger.latest(Role.RECEIVED, DOMAIN, payer.address, PAYEE, 0) == good[2]
+    # one batch, two epochs: each epoch's last voucher is a head of its own
+    newer = payer.sign(Voucher(payer.address, PAYEE, 1, 5))
+    queue.verify(DOMAIN, other_v(good[3]), done=outcomes.on_done, failed=outcomes.on_failed)
+    queue.verify(DOMAIN, newer, done=outcomes.on_done, failed=outcomes.on_failed)
+    await queue.settle()
+    assert outcomes.done[-1] == (5, 5) and len(outcomes.failed) == 2
 
 
 async def test_an_unwritable_ledger_fails_every_job_and_acts_on_none(

@@ -90,6 +90,10 @@ class VoucherJob:
     outcome: int | InvalidTicket | StoreError | None = None
 
 
+def _head_key(domain: Domain, signed: SignedVoucher) -> tuple[object, ...]:
+    return (domain, signed.payer, signed.payee, signed.epoch)
+
+
 class VoucherQueue:
     """Batches the voucher jobs of one ledger; run :meth:`run` in a nursery."""
 
@@ -235,10 +239,10 @@ class VoucherQueue:
         """Sign or verify each job, then record the good ones together."""
         records: list[VoucherRecord] = []
         recorded: list[VoucherJob] = []
-        # A payer's last voucher in the batch becomes its ledger head, the one redeemed: its
-        # v must recover the payer.  The others are checked against the payer's known key.
+        # A key's last voucher in the batch becomes its ledger head, the one redeemed: its v
+        # must recover the payer.  The others are checked against the payer's known key.
         heads = {
-            (job.domain, job.signed.payer): job
+            _head_key(job.domain, job.signed): job
             for job in batch
             if job.signed is not None and job.signer is None
         }
@@ -252,7 +256,7 @@ class VoucherQueue:
                     self.payer_keys.verify(
                         job.signed,
                         job.domain,
-                        recover=heads[(job.domain, job.signed.payer)] is job,
+                        recover=heads[_head_key(job.domain, job.signed)] is job,
                     )
             except InvalidTicket as exc:
                 job.outcome = exc
