@@ -137,18 +137,13 @@ def bench_transfer(
     medians = {name: statistics.median(values) for name, values in walls.items()}
     slowdown = medians["paid"] / medians["free"]
     # each round's paid ÷ free, both arms run back to back: shows the machine's drift
-    paired = [
-        paid["wall_s"] / free["wall_s"]
+    rounds = [
+        (paid["wall_s"], free["wall_s"])
         for paid, free in zip(runs["paid"], runs["free"], strict=True)
         if paid.get("ok") and free.get("ok")
     ]
-    interval = bootstrap_interval(
-        [
-            (paid["wall_s"], free["wall_s"])
-            for paid, free in zip(runs["paid"], runs["free"], strict=True)
-            if paid.get("ok") and free.get("ok")
-        ]
-    )
+    paired = [paid / free for paid, free in rounds]
+    interval = bootstrap_interval(rounds)
     seeder_account = open_wallet(wallets / "seeder.json", passphrase=PASSPHRASE)
     with VoucherLedger(seeder_ledger) as ledger:
         report = redeem_vouchers(pool, ledger, seeder_account)

@@ -310,7 +310,8 @@ class PayerKeys:
     address): a charging seeder does this once per piece served.  The check is as strict
     (same form rules, same key), with one thing left out: whether v is the right one of 27 and
     28.  The chain needs it to recover the payer, so a caller asks for it (``recover=True``)
-    for any voucher it may redeem: the one that becomes the ledger's head for its payer.
+    for any voucher it may redeem: the one that becomes the ledger's head for its key (payer,
+    payee, epoch).
     A voucher before it, however v is set, is settled by the head's cumulative amount.
     """
 
