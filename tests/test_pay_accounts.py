@@ -453,20 +453,25 @@ class PaymentExchange(RuleBasedStateMachine):
         self.broke = False  # the payer ran out of deposit
         self.lost = False  # a voucher never arrived
         self.refused = False
-        #: The dearest piece served while everything before it was paid for: it may exceed
-        #: the window (a window smaller than a piece must not deadlock).
+        #: The dearest piece (what it added to the owed total) served while everything before it
+        #: was paid for: it may exceed the window (a window smaller than a piece must not
+        #: deadlock).
         self.largest_lone_piece = 0
 
     @rule(size=st.integers(1, 3 * MIB // 2) | st.sampled_from([MIB, 2 * MIB]))
     def request(self, size: int) -> None:
         if self.refused:
             return
-        all_paid = self.payee.owed <= self.payee.paid
+        owed_before = self.payee.owed
+        all_paid = owed_before <= self.payee.paid
         decision = self.payee.decide(size, self.now)
         event(f"decide: {decision.action.value} {decision.reason}")
         if decision is SERVE:
             if all_paid:
-                self.largest_lone_piece = max(self.largest_lone_piece, price_of(size, self.price))
+                # its marginal price: the owed total is priced as a whole and rounded down, so
+                # a piece after a sliver priced at 0 can add one wei more than it costs alone
+                marginal = self.payee.owed - owed_before
+                self.largest_lone_piece = max(self.largest_lone_piece, marginal)
             self.pieces.append(size)
             if self.payee.pool is not None:  # a known pool bounds what is served on credit
                 assert self.payee.owed <= self.deposit
