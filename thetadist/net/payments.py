@@ -43,7 +43,7 @@ from thetadist.events import (
     VoucherReceived,
     VoucherSigned,
 )
-from thetadist.net.voucher_queue import VoucherQueue, flush_bytes_for
+from thetadist.net.voucher_queue import PAYER_LINGER, VoucherQueue, flush_bytes_for
 from thetadist.pay.accounts import (
     DEFAULT_CREDIT_WINDOW,
     DEFAULT_POOL_REFRESH,
@@ -154,7 +154,7 @@ class Payer:
     queue: VoucherQueue = field(init=False)
 
     def __post_init__(self) -> None:
-        self.queue = VoucherQueue(self.ledger)
+        self.queue = VoucherQueue(self.ledger, linger=PAYER_LINGER)
 
     @property
     def domain(self) -> Domain:

@@ -48,7 +48,7 @@ MIB = 1 << 20
 #: a piece arrived and verified, so at full speed the window must cover every byte between
 #: "served" and "its voucher counted": the seeder's outbox and both socket buffers (several
 #: MiB each on Linux, loopback included), the fetcher's pieces waiting to be hashed, the
-#: payer's voucher batch (up to 8 MiB or 25 ms) and the payee's (25 ms), plus the RTT.
+#: payer's voucher batch (up to 16 MiB or 50 ms) and the payee's (25 ms), plus the RTT.
 #: Measured on loopback at 500+ MB/s: with 32 MiB a seeder paused 60–90 times per GiB waiting
 #: for vouchers already on their way, with 64 MiB never.  The risk is bounded by
 #: ``price_of(window)`` per payer, a few thousandths of a cent at CDN-like prices.
