@@ -251,9 +251,12 @@ def wait_for_vouchers(ledger: Path, count: int, proc: Proc, timeout: float = 60)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.is_alive(), proc.describe()
-        with contextlib.suppress(sqlite3.Error), contextlib.closing(
-            sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=1)
-        ) as db:
+        with (
+            contextlib.suppress(sqlite3.Error),
+            contextlib.closing(
+                sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=1)
+            ) as db,
+        ):
             (found,) = db.execute(
                 "SELECT ifnull(sum(count), 0) FROM voucher_batches WHERE role='signed'"
             ).fetchone()

@@ -325,9 +325,7 @@ async def test_a_payer_that_stops_paying_is_served_one_credit_window_then_refuse
         VoucherLedger(tmp_path / "fetcher.sqlite") as fetcher_ledger,
     ):
         payer = payer_for(fetcher_ledger, deposit=10**18)
-        payee = payee_for(
-            seeder_ledger, {}, credit_window=window, voucher_timeout=1
-        )
+        payee = payee_for(seeder_ledger, {}, credit_window=window, voucher_timeout=1)
         result, seeder_events, _ = await run_pair(tmp_path, payee, payer, free_seeder=True)
         refused = [e for e in seeder_events if isinstance(e, PaymentRefused)]
         assert any("no voucher" in e.reason for e in refused), refused

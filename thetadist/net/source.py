@@ -40,9 +40,7 @@ class PieceSource(Protocol):
 
     def bitfield(self) -> bytes: ...
 
-    async def read_piece(
-        self, index: int, buffers: PayloadPool | None = None
-    ) -> bytes | bytearray:
+    async def read_piece(self, index: int, buffers: PayloadPool | None = None) -> bytes | bytearray:
         """The piece's bytes, verified against the manifest; raises IntegrityError/StoreError.
         A ``bytearray`` may come from ``buffers`` (the caller gives it back once sent)."""
         ...
@@ -60,9 +58,7 @@ class StoreSource:
     def bitfield(self) -> bytes:
         return self._store.bitfield()
 
-    async def read_piece(
-        self, index: int, buffers: PayloadPool | None = None
-    ) -> bytes | bytearray:
+    async def read_piece(self, index: int, buffers: PayloadPool | None = None) -> bytes | bytearray:
         if buffers is None:
             return await self._store.read_piece(index)
         buffer = buffers.take(self._store.manifest.pieces[index].size)
@@ -175,9 +171,7 @@ class DirectorySource:
             return []
         return outcome
 
-    async def read_piece(
-        self, index: int, buffers: PayloadPool | None = None
-    ) -> bytes | bytearray:
+    async def read_piece(self, index: int, buffers: PayloadPool | None = None) -> bytes | bytearray:
         cached = self._read_cached(index, buffers)
         if cached is None:
             return await trio.to_thread.run_sync(self._read, index, limiter=self._limiter)

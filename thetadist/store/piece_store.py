@@ -924,9 +924,7 @@ class PieceStore:
             self._verify(piece, memoryview(data))
         return data
 
-    def read_piece_cached(
-        self, index: int, buffer: bytearray | None = None
-    ) -> bytearray | None:
+    def read_piece_cached(self, index: int, buffer: bytearray | None = None) -> bytearray | None:
         """A present piece's bytes if the page cache holds all of them (read without blocking
         on I/O, see :mod:`thetadist.store.cached_read`; into ``buffer`` when given), else None.
         For the event loop: it never waits for the store's lock either (a worker thread may
